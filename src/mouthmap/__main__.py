@@ -1,0 +1,3 @@
+from mouthmap.cli import app
+
+app(prog_name="mouthmap")

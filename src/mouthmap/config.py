@@ -1,0 +1,99 @@
+"""``params.yaml``: the single source of parameters, validated into typed objects.
+
+Relative paths in the file are resolved against the file's own directory, so the
+CLI, DVC stages (which run in the repo root) and tests in a temporary copy agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    source: str = "data/sample"
+    raw_dir: str = "data/grid"
+    prepared_dir: str = "data/prepared"
+    splits: str = "data/splits/grid_s1.json"
+    speakers: list[str] = Field(default_factory=lambda: ["s1"])
+
+
+class FetchParams(_Section):
+    record_url: str = "https://zenodo.org/api/records/3625687"
+
+
+class PrepareParams(_Section):
+    localiser: Literal["mediapipe", "haar"] = "mediapipe"
+    roi_size: int = Field(96, ge=32, le=256)
+    roi_scale: float = Field(1.8, gt=0.5, le=5.0)
+    smooth_frames: int = Field(7, ge=1, le=51)
+    audio_sample_rate: int = Field(16000, ge=8000)
+    n_mels: int = Field(80, ge=8, le=256)
+    workers: int = Field(2, ge=1, le=64)
+
+
+class ValidateParams(_Section):
+    min_frames: int = 74
+    max_frames: int = 75
+    fps: float = 25.0
+    min_roi_found: float = Field(0.98, ge=0.0, le=1.0)
+    data_docs_dir: str = "reports/data_docs"
+    metrics: str = "reports/data_quality.json"
+
+
+class Params(_Section):
+    data: DataParams = Field(default_factory=DataParams)
+    fetch: FetchParams = Field(default_factory=FetchParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    root: Path = Field(default=Path("."), exclude=True)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def path(self, value: str | Path) -> Path:
+        """A path from the params file, resolved against the file's directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds an invalid value."""
+
+
+def load_params(
+    path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Load and validate params.yaml; ``overrides`` uses dotted keys (``prepare.workers``)."""
+    p = Path(path)
+    if p.is_file():
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{p}: not valid YAML: {e}") from None
+        root = p.resolve().parent
+    elif Path(path) == Path(DEFAULT_PARAMS):
+        raw, root = {}, Path.cwd()  # outside a checkout: embedded defaults
+    else:
+        raise ParamsError(f"parameter file {p} not found")
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ParamsError(f"{p}: invalid parameters:\n" + "\n".join(lines)) from None
+    params.root = root
+    return params

@@ -1,0 +1,1 @@
+"""Corpus, media IO, mouth ROI, caches, splits and datasets."""

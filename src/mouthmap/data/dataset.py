@@ -1,0 +1,190 @@
+"""Torch dataset over the prepared cache, with augmentation hooks and padding collation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from mouthmap import alphabet
+from mouthmap.data import cache
+from mouthmap.data.prepare import read_manifest
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+# --- augmentation hooks: (T, H, W) uint8 -> (T, H', W') uint8 ------------------------------
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    size: int = 88
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _, h, w = x.shape
+        top = int(rng.integers(0, h - self.size + 1))
+        left = int(rng.integers(0, w - self.size + 1))
+        return x[:, top : top + self.size, left : left + self.size]
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    size: int = 88
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _, h, w = x.shape
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return x[:, top : top + self.size, left : left + self.size]
+
+
+@dataclass(frozen=True)
+class HorizontalFlip:
+    p: float = 0.5
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return x[:, :, ::-1] if rng.random() < self.p else x
+
+
+@dataclass(frozen=True)
+class TimeMask:
+    """Replace up to ``max_frames`` consecutive frames with the clip mean, ``n`` times."""
+
+    max_frames: int = 10
+    n: int = 1
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = x.copy()
+        fill = x.mean().astype(x.dtype)
+        for _ in range(self.n):
+            length = int(rng.integers(0, self.max_frames + 1))
+            if length == 0 or length >= len(x):
+                continue
+            start = int(rng.integers(0, len(x) - length + 1))
+            x[start : start + length] = fill
+        return x
+
+
+def train_transforms(crop: int = 88) -> list[Transform]:
+    return [RandomCrop(crop), HorizontalFlip(0.5), TimeMask(10, 1)]
+
+
+def eval_transforms(crop: int = 88) -> list[Transform]:
+    return [CenterCrop(crop)]
+
+
+# --- dataset ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Mean/std of ROI pixels in [0, 1]; stored in the model package."""
+
+    mean: float = 0.42
+    std: float = 0.16
+
+
+def normalisation_from_manifest(manifest: pd.DataFrame) -> Normalisation:
+    """Pixel mean/std of the train clips, pooled from the per-clip statistics."""
+    rows = manifest[(manifest["status"] == "ok") & (manifest["split"] == "train")]
+    if rows.empty:
+        return Normalisation()
+    mean = float(rows["roi_mean"].mean())
+    var = float((rows["roi_std"] ** 2).mean() + rows["roi_mean"].var(ddof=0))
+    return Normalisation(mean / 255.0, math.sqrt(var) / 255.0)
+
+
+@dataclass
+class Sample:
+    id: str
+    video: torch.Tensor  # (1, T, H, W) float32, normalised
+    target: torch.Tensor  # (L,) int64 label indices
+    text: str
+    mel: torch.Tensor | None = None  # (T_audio, n_mels) float32
+
+
+class GridDataset(Dataset[Sample]):
+    """Prepared GRID clips of some splits; rejected clips are left out."""
+
+    def __init__(
+        self,
+        prepared_dir: str | Path,
+        splits: Sequence[str] = ("train",),
+        transforms: Sequence[Transform] | None = None,
+        normalisation: Normalisation | None = None,
+        with_audio: bool = False,
+        seed: int = 0,
+        manifest: pd.DataFrame | None = None,
+    ) -> None:
+        self.prepared_dir = Path(prepared_dir)
+        df = read_manifest(self.prepared_dir) if manifest is None else manifest
+        self.rows = df[(df["status"] == "ok") & (df["split"].isin(list(splits)))].reset_index(
+            drop=True
+        )
+        self.transforms = list(transforms or [])
+        self.norm = normalisation or normalisation_from_manifest(df)
+        self.with_audio = with_audio
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        row = self.rows.iloc[i]
+        arrays = cache.read_arrays(self.prepared_dir / row["roi_path"])
+        x = arrays["roi"]
+        for t in self.transforms:
+            x = t(x, self.rng)
+        video = (torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0 - self.norm.mean) / (
+            self.norm.std
+        )
+        mel = None
+        if self.with_audio:
+            mel = torch.from_numpy(arrays["mel"].astype(np.float32))
+        text = str(row["transcript"])
+        target = torch.tensor(alphabet.encode(text), dtype=torch.long)
+        return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    video: torch.Tensor  # (B, 1, T_max, H, W), zero padded
+    video_lengths: torch.Tensor  # (B,)
+    targets: torch.Tensor  # (sum L,) concatenated, as CTC loss wants
+    target_lengths: torch.Tensor  # (B,)
+    texts: list[str]
+    mel: torch.Tensor | None = None  # (B, T_audio_max, n_mels)
+    mel_lengths: torch.Tensor | None = None
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Pad variable-length clips to the longest in the batch."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    lengths = torch.tensor([s.video.shape[1] for s in samples])
+    _, _, h, w = samples[0].video.shape
+    video = torch.zeros(len(samples), 1, int(lengths.max()), h, w)
+    for i, s in enumerate(samples):
+        video[i, :, : s.video.shape[1]] = s.video
+    mel = mel_lengths = None
+    if all(s.mel is not None for s in samples):
+        mel_lengths = torch.tensor([s.mel.shape[0] for s in samples])
+        mel = torch.zeros(len(samples), int(mel_lengths.max()), samples[0].mel.shape[1])
+        for i, s in enumerate(samples):
+            mel[i, : s.mel.shape[0]] = s.mel
+    return Batch(
+        ids=[s.id for s in samples],
+        video=video,
+        video_lengths=lengths,
+        targets=torch.cat([s.target for s in samples]),
+        target_lengths=torch.tensor([len(s.target) for s in samples]),
+        texts=[s.text for s in samples],
+        mel=mel,
+        mel_lengths=mel_lengths,
+    )

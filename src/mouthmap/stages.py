@@ -1,0 +1,102 @@
+"""The data stages as plain functions over :class:`Params`.
+
+The CLI, the DVC stages (which call the CLI) and, later, the Kubeflow components
+all call these, so each stage has exactly one implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from mouthmap.config import Params
+from mouthmap.data import corpus
+from mouthmap.data import splits as splits_mod
+from mouthmap.data.prepare import PrepareReport, PrepareSettings, prepare, read_manifest
+
+
+def import_corpus(params: Params, source: str | Path | None = None):
+    """Copy a local corpus (``data.source`` by default) into ``data.raw_dir``."""
+    from mouthmap.data.fetch import import_local
+
+    src = params.path(source if source is not None else params.data.source)
+    return import_local(src, params.path(params.data.raw_dir), params.data.speakers)
+
+
+def fetch_corpus(params: Params, cache_dir: Path | None = None):
+    """Download the public GRID corpus for ``data.speakers`` into ``data.raw_dir``."""
+    from mouthmap.data.fetch import fetch
+
+    dest = params.path(params.data.raw_dir)
+    return fetch(
+        params.fetch.record_url,
+        dest,
+        params.data.speakers,
+        cache_dir or params.path(".mouthmap/downloads"),
+    )
+
+
+def corpus_splits(params: Params, clips: list[corpus.Clip]) -> dict[str, str]:
+    """Committed split for known clips, the sentence-hash rule for any other."""
+    committed_path = params.path(params.data.splits)
+    committed = splits_mod.load(committed_path) if committed_path.is_file() else {}
+    out: dict[str, str] = {}
+    for c in clips:
+        if c.id in committed:
+            out[c.id] = committed[c.id]
+            continue
+        try:
+            text = corpus.transcript(corpus.read_align(c.align)) if c.align else ""
+        except corpus.AlignError:
+            text = ""  # rejected later anyway; the split does not matter
+        out[c.id] = splits_mod.split_of(text) if text else "train"
+    return out
+
+
+def prepare_corpus(
+    params: Params,
+    workers: int | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareReport:
+    raw = params.path(params.data.raw_dir)
+    clips = [c for c in corpus.discover(raw) if c.speaker in params.data.speakers]
+    if not clips:
+        raise FileNotFoundError(
+            f"no clips for speakers {params.data.speakers} under {raw}: "
+            "run `mouthmap data fetch` (or `--from DIR`) first"
+        )
+    clips = clips[:limit] if limit else clips
+    p = params.prepare
+    settings = PrepareSettings(
+        localiser=p.localiser, roi_size=p.roi_size, roi_scale=p.roi_scale,
+        smooth_frames=p.smooth_frames, audio_sample_rate=p.audio_sample_rate, n_mels=p.n_mels,
+    )  # fmt: skip
+    out = params.path(params.data.prepared_dir)
+    report = prepare(
+        clips, corpus_splits(params, clips), out, settings,
+        workers=workers or p.workers, force=force, progress=progress,
+    )  # fmt: skip
+    summary = {k: v for k, v in asdict(report).items() if k != "manifest"}
+    summary.update(clips_per_second=report.clips_per_second, miss_rate=report.miss_rate)
+    (out / "prepare_report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return report
+
+
+def validate_corpus(params: Params):
+    """Run the Great Expectations suite over the prepared manifest; write data docs."""
+    from mouthmap.validation import ValidationRules, validate_manifest
+
+    v = params.validate_
+    rules = ValidationRules(
+        min_frames=v.min_frames, max_frames=v.max_frames, fps=v.fps, min_roi_found=v.min_roi_found
+    )
+    prepared = params.path(params.data.prepared_dir)
+    manifest = read_manifest(prepared)
+    report = validate_manifest(manifest, rules, params.path(v.data_docs_dir))
+    metrics = params.path(v.metrics)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return report
