@@ -1,0 +1,97 @@
+"""The torch dataset: variable-length batches, augmentation hooks, CTC-ready targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mouthmap import alphabet
+from mouthmap.data import cache, dataset
+from mouthmap.data.prepare import MANIFEST_COLUMNS, write_manifest
+
+
+def _fake_cache(tmp_path: Path, lengths=(75, 74, 60), statuses=("ok", "ok", "ok")) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    texts = ["bin blue at f two now", "set red by k one soon", "lay green in a zero please"]
+    for i, (n, status) in enumerate(zip(lengths, statuses, strict=True)):
+        cid = f"s1_clip{i}"
+        npz, _ = cache.clip_paths(tmp_path, cid)
+        roi = rng.integers(0, 256, (n, 96, 96), dtype=np.uint8)
+        cache.write_arrays(npz, roi=roi, mel=rng.normal(size=(n * 4, 80)).astype(np.float16))
+        row = {c: "" for c in MANIFEST_COLUMNS}
+        row.update(
+            id=cid, split="train" if i < 2 else "test", status=status, transcript=texts[i],
+            n_frames=n, roi_mean=float(roi.mean()), roi_std=float(roi.std()),
+            roi_path=str(npz.relative_to(tmp_path)),
+        )  # fmt: skip
+        rows.append(row)
+    write_manifest(tmp_path, rows)
+    return tmp_path
+
+
+def test_batches_pad_variable_length_clips_and_keep_their_lengths(tmp_path):
+    ds = dataset.GridDataset(_fake_cache(tmp_path), ("train", "test"), dataset.eval_transforms())
+    batch = dataset.collate([ds[0], ds[1], ds[2]])
+    assert batch.video.shape == (3, 1, 75, 88, 88)
+    assert batch.video_lengths.tolist() == [75, 74, 60]
+    assert torch.all(batch.video[2, :, 60:] == 0)
+    assert batch.target_lengths.tolist() == [len(t) for t in batch.texts]
+    first = batch.targets[: batch.target_lengths[0]].tolist()
+    assert alphabet.decode(first) == "bin blue at f two now"
+
+
+def test_batches_feed_ctc_loss(tmp_path):
+    ds = dataset.GridDataset(_fake_cache(tmp_path), ("train",), dataset.eval_transforms())
+    b = dataset.collate([ds[0], ds[1]])
+    log_probs = torch.randn(75, 2, alphabet.NUM_CLASSES).log_softmax(-1)
+    loss = torch.nn.functional.ctc_loss(log_probs, b.targets, b.video_lengths, b.target_lengths)
+    assert torch.isfinite(loss)
+
+
+def test_splits_and_rejected_clips_are_respected(tmp_path):
+    root = _fake_cache(tmp_path, statuses=("ok", "rejected", "ok"))
+    assert [s.id for s in dataset.GridDataset(root, ("train",))] == ["s1_clip0"]
+    assert len(dataset.GridDataset(root, ("test",))) == 1
+
+
+def test_video_is_normalised_with_train_statistics(tmp_path):
+    ds = dataset.GridDataset(_fake_cache(tmp_path), ("train",))
+    x = ds[0].video
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1
+
+
+def test_audio_features_come_along_when_asked(tmp_path):
+    ds = dataset.GridDataset(_fake_cache(tmp_path), ("train",), with_audio=True)
+    b = dataset.collate([ds[0], ds[1]])
+    assert b.mel.shape == (2, 300, 80) and b.mel_lengths.tolist() == [300, 296]
+
+
+def test_augmentations_crop_flip_and_mask_in_time():
+    rng = np.random.default_rng(1)
+    x = np.arange(10 * 96 * 96, dtype=np.int64).reshape(10, 96, 96).astype(np.uint8)
+    assert dataset.RandomCrop(88)(x, rng).shape == (10, 88, 88)
+    assert np.array_equal(dataset.CenterCrop(88)(x, rng), x[:, 4:92, 4:92])
+    assert np.array_equal(dataset.HorizontalFlip(1.0)(x, rng), x[:, :, ::-1])
+    masked = dataset.TimeMask(max_frames=5, n=3)(x, np.random.default_rng(3))
+    changed = [t for t in range(10) if not np.array_equal(masked[t], x[t])]
+    assert 0 < len(changed) <= 15 and masked.shape == x.shape
+
+
+def test_collating_nothing_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        dataset.collate([])
+
+
+def test_normalisation_pools_train_clip_statistics():
+    df = pd.DataFrame(
+        {"status": ["ok", "ok"], "split": ["train", "train"], "roi_mean": [100.0, 120.0],
+         "roi_std": [30.0, 30.0]}
+    )  # fmt: skip
+    norm = dataset.normalisation_from_manifest(df)
+    assert norm.mean == pytest.approx(110 / 255)
+    assert norm.std == pytest.approx(np.sqrt(900 + 100) / 255)
