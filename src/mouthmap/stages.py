@@ -90,13 +90,11 @@ def validate_corpus(params: Params):
     from mouthmap.validation import ValidationRules, validate_manifest
 
     v = params.validate_
-    rules = ValidationRules(
-        min_frames=v.min_frames, max_frames=v.max_frames, fps=v.fps, min_roi_found=v.min_roi_found
-    )
+    rules = ValidationRules.from_params(v)
     prepared = params.path(params.data.prepared_dir)
     manifest = read_manifest(prepared)
     report = validate_manifest(manifest, rules, params.path(v.data_docs_dir))
     metrics = params.path(v.metrics)
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    metrics.write_text(report.to_json() + "\n")
     return report
