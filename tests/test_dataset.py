@@ -57,6 +57,7 @@ def test_splits_and_rejected_clips_are_respected(tmp_path):
     root = _fake_cache(tmp_path, statuses=("ok", "rejected", "ok"))
     assert [s.id for s in dataset.GridDataset(root, ("train",))] == ["s1_clip0"]
     assert len(dataset.GridDataset(root, ("test",))) == 1
+    assert len(dataset.GridDataset(root, ("test",), exclude={"s1_clip2"})) == 0  # quarantined
 
 
 def test_video_is_normalised_with_train_statistics(tmp_path):

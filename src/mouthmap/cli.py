@@ -105,13 +105,32 @@ def data_validate(params_file: str = ParamsOpt) -> None:
 
     params = _params(params_file)
     try:
-        report = stages.validate_corpus(params)
+        quality = stages.validate_corpus(params)
     except FileNotFoundError as e:
         _fail(str(e))
-    typer.echo(report.summary())
-    typer.echo(f"data docs: {report.docs_index}")
-    if not report.success:
-        raise typer.Exit(1)
+    _report_quality(quality)
+
+
+def _report_quality(quality) -> None:
+    """Print the validation summary; exit 1 unless the data is usable."""
+    typer.echo(quality.report.summary())
+    if quality.report.success:
+        return
+    share = 100 * quality.report.n_bad / max(quality.report.n_clips, 1)
+    tolerance = 100 * quality.max_bad_fraction
+    if quality.usable:
+        typer.secho(
+            f"{quality.report.n_bad} clips ({share:.1f}%) quarantined: left out of training "
+            f"(tolerance {tolerance:.1f}%)",
+            fg=typer.colors.YELLOW,
+        )
+        return
+    typer.secho(
+        f"data is bad: {share:.1f}% of clips fail (tolerance {tolerance:.1f}%)",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 @data_app.command("summary")
@@ -219,10 +238,7 @@ def demo(
         f"{100 * rep.miss_rate:.2f}% of frames; cache {_mb(rep.cache_bytes)}"
     )
     typer.secho("3/3 validate (Great Expectations)", bold=True)
-    val = stages.validate_corpus(params)
-    typer.echo(val.summary())
-    typer.echo(f"  data docs: {val.docs_index}")
+    quality = stages.validate_corpus(params)
     data_summary(as_json=False, params_file=params_file)
     typer.secho(f"demo finished in {time.perf_counter() - t0:.1f} s", fg=typer.colors.GREEN)
-    if not val.success:
-        raise typer.Exit(1)
+    _report_quality(quality)

@@ -46,6 +46,7 @@ class ValidateParams(_Section):
     max_frames: int = 75
     fps: float = 25.0
     min_roi_found: float = Field(0.98, ge=0.0, le=1.0)
+    max_bad_fraction: float = Field(0.0, ge=0.0, le=1.0)
     data_docs_dir: str = "reports/data_docs"
     metrics: str = "reports/data_quality.json"
 

@@ -7,13 +7,14 @@ all call these, so each stage has exactly one implementation.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mouthmap.config import Params
 from mouthmap.data import corpus
 from mouthmap.data import splits as splits_mod
 from mouthmap.data.prepare import PrepareReport, PrepareSettings, prepare, read_manifest
+from mouthmap.validation import ValidationReport
 
 
 def import_corpus(params: Params, source: str | Path | None = None):
@@ -62,7 +63,8 @@ def prepare_corpus(
     progress: bool = True,
 ) -> PrepareReport:
     raw = params.path(params.data.raw_dir)
-    clips = [c for c in corpus.discover(raw) if c.speaker in params.data.speakers]
+    found = corpus.discover(raw) if raw.is_dir() else []
+    clips = [c for c in found if c.speaker in params.data.speakers]
     if not clips:
         raise FileNotFoundError(
             f"no clips for speakers {params.data.speakers} under {raw}: "
@@ -85,16 +87,49 @@ def prepare_corpus(
     return report
 
 
-def validate_corpus(params: Params):
-    """Run the Great Expectations suite over the prepared manifest; write data docs."""
+@dataclass
+class DataQuality:
+    """Validation outcome with the quarantine decision the training stages rely on."""
+
+    report: ValidationReport
+    max_bad_fraction: float
+
+    @property
+    def quarantined(self) -> list[str]:
+        return list(self.report.bad_ids)
+
+    @property
+    def usable(self) -> bool:
+        """Clean data, or few enough bad clips (all named) to leave them out of training."""
+        if self.report.success:
+            return True
+        table_level = any(not f.ids for f in self.report.failures)
+        n = max(self.report.n_clips, 1)
+        return not table_level and self.report.n_bad / n <= self.max_bad_fraction
+
+    def to_dict(self) -> dict:
+        return {**self.report.to_dict(), "usable": self.usable, "quarantined": self.quarantined}
+
+
+def validate_corpus(params: Params) -> DataQuality:
+    """Run the Great Expectations suite over the prepared manifest; write data docs and metrics."""
     from mouthmap.validation import ValidationRules, validate_manifest
 
     v = params.validate_
-    rules = ValidationRules.from_params(v)
-    prepared = params.path(params.data.prepared_dir)
-    manifest = read_manifest(prepared)
-    report = validate_manifest(manifest, rules, params.path(v.data_docs_dir))
+    manifest = read_manifest(params.path(params.data.prepared_dir))
+    report = validate_manifest(
+        manifest, ValidationRules.from_params(v), params.path(v.data_docs_dir)
+    )
+    quality = DataQuality(report, v.max_bad_fraction)
     metrics = params.path(v.metrics)
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(report.to_json() + "\n")
-    return report
+    metrics.write_text(json.dumps(quality.to_dict(), indent=1) + "\n")
+    return quality
+
+
+def quarantined_ids(params: Params) -> set[str]:
+    """Clips the last validation left out of training (empty before any validation)."""
+    path = params.path(params.validate_.metrics)
+    if not path.is_file():
+        return set()
+    return set(json.loads(path.read_text()).get("quarantined", []))

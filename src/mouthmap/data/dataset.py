@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +109,7 @@ class Sample:
 
 
 class GridDataset(Dataset[Sample]):
-    """Prepared GRID clips of some splits; rejected clips are left out."""
+    """Prepared GRID clips of some splits, less rejected and ``exclude``d (quarantined) ones."""
 
     def __init__(
         self,
@@ -120,12 +120,12 @@ class GridDataset(Dataset[Sample]):
         with_audio: bool = False,
         seed: int = 0,
         manifest: pd.DataFrame | None = None,
+        exclude: Collection[str] = (),
     ) -> None:
         self.prepared_dir = Path(prepared_dir)
         df = read_manifest(self.prepared_dir) if manifest is None else manifest
-        self.rows = df[(df["status"] == "ok") & (df["split"].isin(list(splits)))].reset_index(
-            drop=True
-        )
+        keep = (df["status"] == "ok") & df["split"].isin(list(splits)) & ~df["id"].isin(exclude)
+        self.rows = df[keep].reset_index(drop=True)
         self.transforms = list(transforms or [])
         self.norm = normalisation or normalisation_from_manifest(df)
         self.with_audio = with_audio
