@@ -111,11 +111,11 @@ def data_validate(params_file: str = ParamsOpt) -> None:
     _report_quality(quality)
 
 
-def _report_quality(quality) -> None:
-    """Print the validation summary; exit 1 unless the data is usable."""
+def _report_quality(quality, exit_when_bad: bool = True) -> bool:
+    """Print the validation summary; exit 1 (or return False) unless the data is usable."""
     typer.echo(quality.report.summary())
     if quality.report.success:
-        return
+        return True
     share = 100 * quality.report.n_bad / max(quality.report.n_clips, 1)
     tolerance = 100 * quality.max_bad_fraction
     if quality.usable:
@@ -124,13 +124,15 @@ def _report_quality(quality) -> None:
             f"(tolerance {tolerance:.1f}%)",
             fg=typer.colors.YELLOW,
         )
-        return
+        return True
     typer.secho(
         f"data is bad: {share:.1f}% of clips fail (tolerance {tolerance:.1f}%)",
         fg=typer.colors.RED,
         err=True,
     )
-    raise typer.Exit(1)
+    if exit_when_bad:
+        raise typer.Exit(1)
+    return False
 
 
 @data_app.command("summary")
@@ -238,7 +240,8 @@ def demo(
         f"{100 * rep.miss_rate:.2f}% of frames; cache {_mb(rep.cache_bytes)}"
     )
     typer.secho("3/3 validate (Great Expectations)", bold=True)
-    quality = stages.validate_corpus(params)
+    usable = _report_quality(stages.validate_corpus(params), exit_when_bad=False)
     data_summary(as_json=False, params_file=params_file)
     typer.secho(f"demo finished in {time.perf_counter() - t0:.1f} s", fg=typer.colors.GREEN)
-    _report_quality(quality)
+    if not usable:
+        raise typer.Exit(1)
