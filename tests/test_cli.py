@@ -82,3 +82,23 @@ def test_invalid_parameter_file_is_refused_with_the_key_named(tmp_path):
     p.write_text("prepare:\n  workers: 0\n")
     res = _cli("data", "prepare", "-p", str(p))
     assert res.exit_code == 2 and "prepare.workers" in res.output
+
+
+@pytest.mark.integration
+def test_stack_commands_start_report_and_stop_s3(tmp_path):
+    from _stack_fixtures import free_port
+
+    sd = str(tmp_path / "stack")
+    try:
+        up = _cli("stack", "up", "--s3-port", str(free_port()), "--state-dir", sd)
+        assert up.exit_code == 0 and "S3 started at http://127.0.0.1:" in up.output
+        assert _cli("stack", "status", "--state-dir", sd).exit_code == 0
+        env = _cli("stack", "env", "--state-dir", sd).output
+        assert (
+            "export AWS_ACCESS_KEY_ID=" in env and "export AWS_ENDPOINT_URL=http://127.0.0.1" in env
+        )
+    finally:
+        assert "seaweedfs" in _cli("stack", "down", "--state-dir", sd).output
+    status = _cli("stack", "status", "--state-dir", sd)
+    assert status.exit_code == 1 and "down" in status.output
+    assert _cli("stack", "env", "--state-dir", sd).exit_code == 2

@@ -169,29 +169,29 @@ def data_summary(
 
 @stack_app.command("up")
 def stack_up_cmd(
-    s3_port: int = typer.Option(8333, help="S3 port on 127.0.0.1"),
-    state_dir: Path = typer.Option(None, help="where logs and pid files go"),
+    s3_port: int = typer.Option(8333, help="S3 port on 127.0.0.1 (0: any free port)"),
+    state_dir: Path = typer.Option(None, help="where logs, pid files and data go"),
 ) -> None:
     """Start SeaweedFS S3 on loopback with the dvc and mlflow buckets."""
-    from mouthmap.stack import stack_up
+    from mouthmap.stack import StackError, stack_up
 
     try:
         info = stack_up(state_dir=state_dir, s3_port=s3_port)
-    except (RuntimeError, OSError, TimeoutError) as e:
+    except (StackError, OSError, TimeoutError) as e:
         _fail(str(e))
-    typer.echo(f"S3 ready at {info.endpoint_url} (buckets: {', '.join(info.buckets)})")
-    typer.echo("export AWS_ACCESS_KEY_ID=... as printed by `mouthmap stack env`")
+    state = "already running" if info.reused else "started"
+    typer.echo(f"S3 {state} at {info.endpoint_url} (buckets: {', '.join(info.buckets)})")
+    typer.echo('point DVC, boto3 and MLflow at it with: eval "$(mouthmap stack env)"')
 
 
 @stack_app.command("env")
 def stack_env_cmd(state_dir: Path = typer.Option(None)) -> None:
-    """Print shell exports that point DVC/MLflow/boto3 at the local stack."""
-    from mouthmap.stack import s3_env, stack_status
+    """Print shell exports that point DVC/MLflow/boto3 at the running local stack."""
+    from mouthmap.stack import s3_env, stack_status, stack_up
 
-    info = stack_status(state_dir=state_dir)
-    if info is None:
+    if not stack_status(state_dir=state_dir)["seaweedfs"].healthy:
         _fail("the stack is not running: `mouthmap stack up`")
-    for k, v in s3_env(info).items():
+    for k, v in s3_env(stack_up(state_dir=state_dir)).items():  # reuses the running one
         typer.echo(f"export {k}={v}")
 
 
@@ -200,20 +200,21 @@ def stack_down_cmd(state_dir: Path = typer.Option(None)) -> None:
     """Stop the local services."""
     from mouthmap.stack import stack_down
 
-    stack_down(state_dir=state_dir)
-    typer.echo("stack stopped")
+    stopped = stack_down(state_dir=state_dir)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @stack_app.command("status")
 def stack_status_cmd(state_dir: Path = typer.Option(None)) -> None:
-    """Say whether the local services run and where."""
+    """Say which local services run, where, and whether they answer; exit 1 if any is down."""
     from mouthmap.stack import stack_status
 
-    info = stack_status(state_dir=state_dir)
-    if info is None:
-        typer.echo("stack: not running")
+    services = stack_status(state_dir=state_dir)
+    for st in services.values():
+        state = "healthy" if st.healthy else ("running, not answering" if st.running else "down")
+        typer.echo(f"{st.name:>10}: {state}  {st.endpoint or ''}  (log: {st.log})")
+    if not all(st.healthy for st in services.values()):
         raise typer.Exit(1)
-    typer.echo(f"S3: {info.endpoint_url} (buckets: {', '.join(info.buckets)})")
 
 
 # --- demo ------------------------------------------------------------------------------------
