@@ -123,6 +123,28 @@ class FetchReport:
 
 
 # ----------------------------------------------------------------------------------
+# progress bars: none at all when disabled (any tqdm instance starts tqdm's monitor
+# thread, and a process that forks workers later is better off without it)
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _bar(enabled: bool, **kw):
+    return tqdm(**kw) if enabled else _NoBar()
+
+
+def _each(items: list, enabled: bool, **kw):
+    return tqdm(items, **kw) if enabled else items
+
+
+# ----------------------------------------------------------------------------------
 # small file helpers
 # ----------------------------------------------------------------------------------
 def _hash_file(path: Path, algo: str = "sha256") -> str:
@@ -310,9 +332,7 @@ def import_local(
         if sums_file.is_file():
             jobs.append((sums_file, dest / sp / SUMS_FILE, None, f"{sp}/{SUMS_FILE}"))
 
-    for p, dst, expected, label in tqdm(
-        jobs, desc=f"import {src.name}", unit="file", disable=not progress
-    ):
+    for p, dst, expected, label in _each(jobs, progress, desc=f"import {src.name}", unit="file"):
         try:
             _copy_one(p, dst, expected, report, label)
         except OSError as e:
@@ -505,14 +525,14 @@ def download_archive(
                     offset = 0  # no (usable) range support: start again from zero
                 with (
                     open(part, "ab" if offset else "wb") as out,
-                    tqdm(
+                    _bar(
+                        progress,
                         total=f.size,
                         initial=offset,
                         unit="B",
                         unit_scale=True,
                         unit_divisor=1024,
                         desc=f.key,
-                        disable=not progress,
                     ) as bar,
                 ):
                     for block in r.iter_content(_NET_CHUNK):
@@ -806,7 +826,7 @@ def fetch(
                         f"{sp}/align/{PurePosixPath(m.name).name}",
                     )
                 )
-        for pl in tqdm(jobs, desc="lay out", unit="file", disable=not progress):
+        for pl in _each(jobs, progress, desc="lay out", unit="file"):
             try:
                 _write_member(pl.archive, pl, report)
             except (OSError, zipfile.BadZipFile, tarfile.TarError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -203,9 +204,12 @@ def prepare(
                 rows[clip.id] = prepare_clip(clip, splits.get(clip.id, ""), out_dir, settings)
                 bar.update()
         else:
+            # spawn, not fork: forking a process that runs threads (tqdm's monitor, GE,
+            # MLflow) can deadlock the child on a lock held at fork time
             with ProcessPoolExecutor(
-                max_workers=workers, initializer=_worker_init, initargs=(settings.localiser,)
-            ) as pool:
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(settings.localiser,),
+            ) as pool:  # fmt: skip
                 futures = {
                     pool.submit(prepare_clip, c, splits.get(c.id, ""), out_dir, settings): c
                     for c in todo
