@@ -51,11 +51,55 @@ class ValidateParams(_Section):
     metrics: str = "reports/data_quality.json"
 
 
+class ModelParams(_Section):
+    """A registered model name (``teacher``, ``student``) or a frontend/backend spec."""
+
+    name: str = "student"
+    spec: dict[str, Any] | None = None  # {"frontend": ..., "backend": ..., "*_args": {...}}
+
+
+class TrainParams(_Section):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_epochs: float = Field(2.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    patience: int = Field(12, ge=1)  # epochs without a better validation WER
+    seed: int = 1234
+    num_workers: int = Field(0, ge=0)
+    amp: bool = True  # mixed precision, used only on CUDA
+    crop: int = Field(88, ge=16)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    time_mask_frames: int = Field(10, ge=0)
+    limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
+    out_dir: str = "runs/train"
+    mlflow_uri: str | None = None  # default: a local SQLite store under mlruns/
+    experiment: str = "mouthmap"
+
+
+class LMParams(_Section):
+    order: int = Field(3, ge=1, le=6)
+    dir: str = "runs/lm"
+
+
+class DecoderParams(_Section):
+    """Beam search settings stored in the model package (pyctcdecode)."""
+
+    alpha: float = 0.5  # LM weight
+    beta: float = 1.0  # word insertion bonus
+    beam_width: int = Field(16, ge=1)
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     fetch: FetchParams = Field(default_factory=FetchParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    lm: LMParams = Field(default_factory=LMParams)
+    decoder: DecoderParams = Field(default_factory=DecoderParams)
     root: Path = Field(default=Path("."), exclude=True)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
