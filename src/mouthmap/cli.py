@@ -13,8 +13,12 @@ from mouthmap.config import DEFAULT_PARAMS, ParamsError, load_params
 app = typer.Typer(help="MouthMap: lip reading small enough for a phone.", no_args_is_help=True)
 data_app = typer.Typer(help="Fetch, prepare and validate the GRID corpus.", no_args_is_help=True)
 stack_app = typer.Typer(help="Local backing services on loopback (S3).", no_args_is_help=True)
+lm_app = typer.Typer(help="The word n-gram language model for beam search.", no_args_is_help=True)
+models_app = typer.Typer(help="The model zoo: sizes and compute.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
+app.add_typer(lm_app, name="lm")
+app.add_typer(models_app, name="models")
 
 ParamsOpt = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="parameter file")
 
@@ -162,6 +166,154 @@ def data_summary(
         return
     for k, v in info.items():
         typer.echo(f"{k:>16}: {v}")
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    model: str = typer.Option(None, "--model", "-m", help="model name (default: model.name)"),
+    epochs: int = typer.Option(None, help="override train.epochs"),
+    limit_train: int = typer.Option(None, help="use only the first N training clips"),
+    out: str = typer.Option(None, "--out", help="output directory (default: train.out_dir)"),
+    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
+    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Train a model with CTC; works alone or under `torchrun --nproc_per_node N`."""
+    from mouthmap.train.checkpoint import CheckpointError
+    from mouthmap.train.trainer import train as run_training
+
+    overrides = {
+        "model.name": model, "train.epochs": epochs, "train.limit_train": limit_train,
+        "train.out_dir": out, "train.mlflow_uri": mlflow_uri,
+    }  # fmt: skip
+    params = _params(params_file, **overrides)
+    if model:
+        params.model.spec = None  # a name on the command line wins over a spec in the file
+    try:
+        result = run_training(params, resume=resume)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        _fail(str(e))
+    if result.history:
+        typer.echo(
+            f"trained {params.model.name} for {result.epochs_run} epochs on {result.device} in "
+            f"{result.seconds:.0f} s; best val WER {result.best_val_wer:.4f} "
+            f"({'stopped early' if result.stopped_early else 'all epochs'}); "
+            f"checkpoint {result.best_checkpoint}"
+        )
+
+
+@lm_app.command("build")
+def lm_build(
+    out: Path = typer.Option(None, "--out", help="directory for lm.arpa + unigrams.txt"),
+    order: int = typer.Option(None, help="n-gram order (default: lm.order)"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Estimate the word LM from the training transcripts (never from val/test)."""
+    from mouthmap import stages
+
+    params = _params(params_file, **{"lm.order": order})
+    try:
+        files = stages.build_language_model(params, out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(
+        f"wrote {files.arpa} (order {params.lm.order}, {len(files.words())} words) "
+        f"and {files.unigrams}"
+    )
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(None, help="checkpoint (default: train.out_dir/best.pt)"),
+    out: Path = typer.Option(None, "--out", help="package directory (default: package.dir)"),
+    lm: Path = typer.Option(None, help="LM directory (default: build it from train transcripts)"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Checkpoint -> model package: FP32 ONNX (checked, parity-tested), LM, mouthmap.json."""
+    from mouthmap import stages
+    from mouthmap.train.checkpoint import CheckpointError
+
+    params = _params(params_file)
+    ckpt = checkpoint or params.path(params.train.out_dir) / "best.pt"
+    try:
+        pkg = stages.export_model(params, ckpt, out or params.path(params.package.dir), lm)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        _fail(str(e))
+    size = pkg.model_path.stat().st_size
+    diff = pkg.meta["metrics"]["onnx_max_abs_diff"]
+    typer.echo(f"wrote {pkg.root} (model.onnx {_mb(size)}; ONNX vs PyTorch max |diff| {diff:.1e})")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(None, help="model package (default: the released one)"),
+    split: list[str] = typer.Option(["val", "test"], "--split", help="split(s) to score"),
+    decoder: list[str] = typer.Option(["greedy", "beam"], "--decoder", help="greedy and/or beam"),
+    out: Path = typer.Option(None, "--out", help="report directory (default: reports/eval)"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """WER/CER and GRID slot error rates per split, greedy and beam+LM (JSON + markdown)."""
+    from mouthmap import stages
+    from mouthmap.package import PackageError
+
+    params = _params(params_file)
+    try:
+        results, (json_path, md_path) = stages.evaluate_model(
+            params, model, split, decoder, out_dir=out
+        )
+    except (ValueError, FileNotFoundError, PackageError) as e:
+        _fail(str(e))
+    typer.echo(md_path.read_text())
+    typer.echo(f"wrote {json_path} and {md_path}")
+
+
+@app.command()
+def transcribe(
+    paths: list[Path] = typer.Argument(..., help="video file(s)"),
+    model: str = typer.Option(None, help="model package (default: the released one)"),
+    decoder: str = typer.Option("beam", help="greedy | beam (beam search + KenLM)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per input and line"),
+) -> None:
+    """Read lips: raw video in, text out (the same mouth-ROI preparation as training)."""
+    from mouthmap.package import DEFAULT_PACKAGE, PackageError
+    from mouthmap.runtime.transcriber import TranscribeError, Transcriber
+
+    try:
+        runner = Transcriber(model or DEFAULT_PACKAGE, decoder=decoder)
+    except (PackageError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    failed = 0
+    for path in paths:
+        try:
+            t = runner.transcribe(path)
+        except TranscribeError as e:
+            failed += 1
+            if as_json:
+                typer.echo(json.dumps({"path": str(path), "error": str(e)}))
+            else:
+                typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            continue
+        if as_json:
+            typer.echo(json.dumps(t.as_dict()))
+        else:
+            typer.echo(f"{t.path}: {t.text}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@models_app.command("summary")
+def models_summary(
+    seconds: float = typer.Option(1.0, help="MACs are counted for this much video (25 fps)"),
+    markdown: bool = typer.Option(False, help="print a markdown table"),
+) -> None:
+    """Parameters, FP32 size and MACs per second of video of every model and combination."""
+    from mouthmap.models import summary
+
+    rows = [summary.summarise(m, seconds) for m in summary.all_combinations()]
+    typer.echo(summary.markdown_table(rows) if markdown else summary.format_table(rows))
 
 
 # --- stack -----------------------------------------------------------------------------------

@@ -91,6 +91,14 @@ class DecoderParams(_Section):
     beam_width: int = Field(16, ge=1)
 
 
+class PackageParams(_Section):
+    dir: str = "runs/package"  # where `mouthmap export` writes; releases live in models/
+
+
+class EvaluateParams(_Section):
+    out_dir: str = "reports/eval"
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     fetch: FetchParams = Field(default_factory=FetchParams)
@@ -100,6 +108,8 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     lm: LMParams = Field(default_factory=LMParams)
     decoder: DecoderParams = Field(default_factory=DecoderParams)
+    package: PackageParams = Field(default_factory=PackageParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     root: Path = Field(default=Path("."), exclude=True)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -7,6 +7,7 @@ all call these, so each stage has exactly one implementation.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,3 +134,98 @@ def quarantined_ids(params: Params) -> set[str]:
     if not path.is_file():
         return set()
     return set(json.loads(path.read_text()).get("quarantined", []))
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def train_transcripts(params: Params) -> list[str]:
+    """Transcripts of the usable training clips: the language model's only text."""
+    df = read_manifest(params.path(params.data.prepared_dir))
+    keep = (
+        (df["status"] == "ok") & (df["split"] == "train") & ~df["id"].isin(quarantined_ids(params))
+    )
+    return df.loc[keep, "transcript"].tolist()
+
+
+def build_language_model(params: Params, out_dir: str | Path | None = None):
+    """Estimate the word n-gram LM (ARPA + unigrams) from the training transcripts."""
+    from mouthmap.decode.lm import build_lm
+
+    texts = train_transcripts(params)
+    if not texts:
+        raise ValueError("no usable training transcripts: run `mouthmap data prepare` first")
+    return build_lm(texts, params.path(out_dir or params.lm.dir), order=params.lm.order)
+
+
+def export_model(
+    params: Params,
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    lm_dir: str | Path | None = None,
+    metrics: dict | None = None,
+):
+    """Checkpoint -> model package (FP32 ONNX, LM, mouthmap.json with lineage)."""
+    import tempfile
+
+    from mouthmap.compress.export import export_onnx, max_abs_difference
+    from mouthmap.package import git_commit, write_package
+    from mouthmap.train.trainer import load_for_inference
+
+    model, state = load_for_inference(checkpoint_path)
+    lm = params.path(lm_dir) if lm_dir else build_language_model(params).arpa.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model_fp32.onnx")
+        parity = max_abs_difference(model, onnx_path)
+        p = params.prepare
+        meta = {
+            "name": state["model_name"],
+            "model_spec": state["model_spec"],
+            "input": {"layout": "B,1,T,H,W", "height": params.train.crop,
+                      "width": params.train.crop, "fps": 25, "dtype": "float32",
+                      "grayscale": True, "crop": "centre of the ROI"},
+            "normalisation": state["normalisation"],
+            "prepare": {"localiser": p.localiser, "roi_size": p.roi_size,
+                        "roi_scale": p.roi_scale, "smooth_frames": p.smooth_frames},
+            "decoder": params.decoder.model_dump(),
+            "metrics": {"onnx_max_abs_diff": parity, **(metrics or {})},
+            "lineage": {"git_commit": git_commit(),
+                        "training_run_id": state.get("run_id"),
+                        "epochs": len(state.get("history", [])),
+                        "data_version": data_version(params)},
+        }  # fmt: skip
+        return write_package(out_dir, onnx_path, meta, lm_dir=lm)
+
+
+def data_version(params: Params) -> str | None:
+    """The DVC hash of the prepared data when DVC tracked it (dvc.lock), else None."""
+    import yaml
+
+    lock = params.path("dvc.lock")
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for out in stages.get("prepare", {}).get("outs", []):
+        return out.get("md5")
+    return None
+
+
+def evaluate_model(
+    params: Params,
+    package_dir: str | Path | None = None,
+    splits: Sequence[str] = ("val", "test"),
+    decoders: Sequence[str] = ("greedy", "beam"),
+    out_dir: str | Path | None = None,
+) -> tuple[dict, tuple[Path, Path]]:
+    """Score a model package on the prepared splits; writes evaluation.json + .md."""
+    from mouthmap.evaluation.evaluate import evaluate_package, write_report
+    from mouthmap.package import DEFAULT_PACKAGE
+
+    results = evaluate_package(
+        package_dir or DEFAULT_PACKAGE,
+        params.path(params.data.prepared_dir),
+        splits,
+        decoders,
+        exclude=quarantined_ids(params),
+    )
+    return results, write_report(results, params.path(out_dir or params.evaluate.out_dir))

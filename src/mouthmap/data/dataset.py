@@ -121,11 +121,12 @@ class GridDataset(Dataset[Sample]):
         seed: int = 0,
         manifest: pd.DataFrame | None = None,
         exclude: Collection[str] = (),
+        limit: int | None = None,
     ) -> None:
         self.prepared_dir = Path(prepared_dir)
         df = read_manifest(self.prepared_dir) if manifest is None else manifest
         keep = (df["status"] == "ok") & df["split"].isin(list(splits)) & ~df["id"].isin(exclude)
-        self.rows = df[keep].reset_index(drop=True)
+        self.rows = df[keep].reset_index(drop=True).iloc[:limit]  # limit: a data budget
         self.transforms = list(transforms or [])
         self.norm = normalisation or normalisation_from_manifest(df)
         self.with_audio = with_audio
@@ -149,6 +150,13 @@ class GridDataset(Dataset[Sample]):
         text = str(row["transcript"])
         target = torch.tensor(alphabet.encode(text), dtype=torch.long)
         return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream (torch reseeds per epoch)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        info.dataset.rng = np.random.default_rng(info.seed % 2**32)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Compression and export: ONNX export now; QAT/PTQ INT8 later."""

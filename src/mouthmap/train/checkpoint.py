@@ -1,0 +1,47 @@
+"""Checkpoints that can resume training and that refuse to load when they are not ours.
+
+A checkpoint holds only plain types and tensors, so it loads with
+``torch.load(weights_only=True)``: opening a file cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mouthmap import alphabet
+from mouthmap.data.cache import atomic_write_bytes
+
+FORMAT = "mouthmap-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or was made for another alphabet."""
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "alphabet": list(alphabet.SYMBOLS), **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())  # an interrupted save keeps the previous file
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a MouthMap checkpoint (no {FORMAT!r} marker)")
+    if state.get("alphabet") != list(alphabet.SYMBOLS):
+        raise CheckpointError(
+            f"{p} was trained for alphabet {state.get('alphabet')}, not {list(alphabet.SYMBOLS)}"
+        )
+    return state

@@ -1,0 +1,51 @@
+"""MLflow tracking: a local SQLite store by default, the stack's server when given.
+
+MLflow 3 refuses new plain-file stores, so the local default is a SQLite file with
+artifacts beside it under ``mlruns/``; nothing needs a server.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+
+def tracking_uri(uri: str | None, root: Path) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment) for ``uri`` or the default."""
+    if uri:
+        return uri, None
+    store = (root / "mlruns").resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+@contextmanager
+def run(uri: str | None, root: Path, experiment: str, run_name: str, enabled: bool = True):
+    """An active MLflow run (or a no-op stand-in on non-main DDP ranks)."""
+    if not enabled:
+        yield None
+        return
+    import mlflow
+
+    turi, artifacts = tracking_uri(uri, root)
+    mlflow.set_tracking_uri(turi)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as active:
+        yield active
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

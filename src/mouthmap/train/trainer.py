@@ -1,0 +1,322 @@
+"""One trainer for every visual model: CTC loss, AdamW with warm-up + cosine decay,
+gradient clipping, mixed precision on CUDA, augmentation, early stopping on the
+validation WER, resumable checkpoints, DDP under torchrun, MLflow tracking.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from mouthmap.config import Params
+from mouthmap.data import dataset as ds
+from mouthmap.data.prepare import read_manifest
+from mouthmap.train import checkpoint, distributed, tracking
+from mouthmap.train.schedule import warmup_cosine
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path
+    best_val_wer: float
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    device: str
+    run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ctc_loss(log_probs: torch.Tensor, batch: ds.Batch) -> torch.Tensor:
+    """Mean CTC loss over the batch; (B, T, C) log-probs, computed in float32."""
+    return F.ctc_loss(
+        log_probs.float().transpose(0, 1),
+        batch.targets,
+        batch.video_lengths,
+        batch.target_lengths,
+        blank=0,
+        zero_infinity=True,  # a clip shorter than its transcript must not poison the batch
+    )
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[list, list]:
+    """Greedy transcripts and references over a loader."""
+    from mouthmap.decode.greedy import greedy_decode
+
+    model.eval()
+    refs, hyps = [], []
+    for batch in loader:
+        log_probs = model(batch.video.to(device), batch.video_lengths.to(device)).float().cpu()
+        for i, n in enumerate(batch.video_lengths.tolist()):
+            hyps.append(greedy_decode(log_probs[i], n))
+        refs.extend(batch.texts)
+    return refs, hyps
+
+
+def build_model_from(params: Params) -> torch.nn.Module:
+    from mouthmap.models import build_model
+
+    return build_model(params.model.spec or params.model.name)
+
+
+def _loaders(params: Params, dinfo: distributed.DistInfo):
+    from mouthmap import stages
+
+    tp = params.train
+    prepared = params.path(params.data.prepared_dir)
+    manifest = read_manifest(prepared)
+    exclude = stages.quarantined_ids(params)
+    norm = ds.normalisation_from_manifest(manifest)
+    train_tf = [ds.RandomCrop(tp.crop), ds.HorizontalFlip(tp.flip_p)]
+    if tp.time_mask_frames:
+        train_tf.append(ds.TimeMask(tp.time_mask_frames))
+    common = dict(normalisation=norm, manifest=manifest, exclude=exclude)
+    train_set = ds.GridDataset(prepared, ("train",), train_tf, limit=tp.limit_train, **common)
+    val_set = ds.GridDataset(prepared, ("val",), ds.eval_transforms(tp.crop), **common)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(
+            f"{prepared}: need prepared train and val clips (have {len(train_set)} train, "
+            f"{len(val_set)} val): run `mouthmap data prepare`"
+        )
+    sampler = DistributedSampler(train_set, seed=tp.seed) if dinfo.enabled else None
+    loader_args = dict(
+        batch_size=tp.batch_size, collate_fn=ds.collate, num_workers=tp.num_workers,
+        worker_init_fn=ds.seed_worker, persistent_workers=tp.num_workers > 0,
+    )  # fmt: skip
+    train_loader = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, **loader_args)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    return train_loader, val_loader, sampler, norm
+
+
+def train(params: Params, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``params.model`` on the prepared corpus; returns where the best checkpoint is."""
+    from mouthmap.evaluation.metrics import cer, wer
+
+    t_start = time.perf_counter()
+    dinfo = distributed.init_from_env()
+    tp = params.train
+    seed_everything(tp.seed + dinfo.rank)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", dinfo.local_rank)
+    else:
+        device = torch.device("cpu")
+    out = params.path(tp.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+
+    model = build_model_from(params).to(device)  # an unknown name fails before data loads
+    train_loader, val_loader, sampler, norm = _loaders(params, dinfo)
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    steps_per_epoch = len(train_loader)
+    sched = warmup_cosine(opt, int(tp.warmup_epochs * steps_per_epoch), tp.epochs * steps_per_epoch)
+    use_amp = tp.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best_wer, bad_epochs, history = 0, float("inf"), 0, []
+    if resume and last_path.exists():
+        state = checkpoint.load(last_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_wer = state["epoch"] + 1, state["best_wer"]
+        bad_epochs, history = state["bad_epochs"], state["history"]
+        torch.set_rng_state(state["rng"])
+    net = (
+        torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if dinfo.enabled
+        else model
+    )
+
+    base_state = {
+        "model_name": params.model.name,
+        "model_spec": params.model.spec,
+        "normalisation": asdict(norm),
+        "params": json.loads(params.model_dump_json(by_alias=True)),
+    }
+    stopped_early, run_id = False, None
+    with tracking.run(
+        tp.mlflow_uri, params.root, tp.experiment, f"train-{params.model.name}", dinfo.is_main
+    ) as mlrun:
+        if mlrun is not None:
+            import mlflow
+
+            run_id = mlrun.info.run_id
+            base_state["run_id"] = run_id
+            mlflow.log_params(
+                tracking.flatten(
+                    {
+                        "model": params.model.model_dump(),
+                        "train": tp.model_dump(),
+                        "prepare": params.prepare.model_dump(),
+                    }
+                )
+            )
+            mlflow.log_params(
+                {
+                    "device": str(device),
+                    "world_size": dinfo.world_size,
+                    "train_clips": len(train_loader.dataset),
+                    "val_clips": len(val_loader.dataset),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+            )
+        for epoch in range(start_epoch, tp.epochs):
+            t0 = time.perf_counter()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
+            losses = []
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch + 1}/{tp.epochs}",
+                unit="batch",
+                disable=not (progress and dinfo.is_main),
+                leave=False,
+            )
+            for batch in bar:
+                x, lengths = (
+                    batch.video.to(device, non_blocking=True),
+                    batch.video_lengths.to(device),
+                )
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    log_probs = net(x, lengths)
+                loss = ctc_loss(log_probs, batch)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), tp.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            row: dict[str, float] = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            improved = False
+            if dinfo.is_main:
+                refs, hyps = predict(model, val_loader, device)
+                row.update(val_wer=wer(refs, hyps), val_cer=cer(refs, hyps))
+                row["epoch_seconds"] = time.perf_counter() - t0
+                history.append(row)
+                improved = row["val_wer"] < best_wer
+                if improved:
+                    best_wer, bad_epochs = row["val_wer"], 0
+                else:
+                    bad_epochs += 1
+                state = {
+                    **base_state,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "best_wer": best_wer,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                }
+                if improved:
+                    checkpoint.save(best_path, state)
+                checkpoint.save(last_path, state)
+                if mlrun is not None:
+                    import mlflow
+
+                    mlflow.log_metrics(
+                        {k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1
+                    )
+                if progress:
+                    tqdm.write(
+                        f"epoch {epoch + 1}: loss {row['train_loss']:.3f}  "
+                        f"val WER {row['val_wer']:.4f}  CER {row['val_cer']:.4f}  "
+                        f"({row['epoch_seconds']:.0f} s)"
+                    )
+            stop = distributed.broadcast_flag(dinfo.is_main and bad_epochs >= tp.patience, dinfo)
+            if stop:
+                stopped_early = True
+                break
+        if dinfo.is_main:
+            (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+            plot = plot_learning_curve(history, out / "learning_curve.png")
+            if mlrun is not None:
+                import mlflow
+
+                mlflow.log_artifact(str(out / "history.json"))
+                if plot:
+                    mlflow.log_artifact(str(plot))
+                if best_path.exists():
+                    mlflow.log_artifact(str(best_path), artifact_path="checkpoint")
+    distributed.shutdown(dinfo)
+    return TrainResult(
+        out,
+        best_path,
+        best_wer,
+        len(history),
+        stopped_early,
+        time.perf_counter() - t_start,
+        str(device),
+        run_id,
+        history,
+    )
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path | None:
+    """Loss and validation WER per epoch, for people who would rather look than read."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "C0-", label="train CTC loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("CTC loss", color="C0")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["val_wer"] for h in history], "C1-o", ms=3, label="val WER")
+    ax2.set_ylabel("validation WER (greedy)", color="C1")
+    ax2.set_ylim(0, max(1.0, max(h["val_wer"] for h in history)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A trained model in eval mode plus its checkpoint metadata (normalisation, spec)."""
+    from mouthmap.models import build_model
+
+    state = checkpoint.load(path)
+    model = build_model(state["model_spec"] or state["model_name"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(
+            f"{path}: weights do not fit model {state['model_name']!r}: {e}"
+        ) from None
+    return model.eval(), state

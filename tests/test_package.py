@@ -1,0 +1,134 @@
+"""Export, model packages, `mouthmap transcribe` on raw video and `mouthmap evaluate`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SAMPLE, sample_clip, write_params
+from media_factory import noise_video, reencode
+from mouthmap import alphabet
+from mouthmap.cli import app
+from mouthmap.package import DEFAULT_PACKAGE, ModelPackage, PackageError
+
+runner = CliRunner()
+
+
+def _cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_package_holds_checked_onnx_lm_and_metadata(tiny_package):
+    pkg = ModelPackage.load(tiny_package)
+    assert pkg.meta["metrics"]["onnx_max_abs_diff"] <= 1e-4  # ONNX Runtime agrees with PyTorch
+    assert pkg.meta["alphabet"]["symbols"] == list(alphabet.SYMBOLS)
+    assert pkg.meta["input"]["height"] == 88 and 0 < pkg.std < 1
+    assert (pkg.lm_dir / "lm.arpa").is_file() and (pkg.lm_dir / "unigrams.txt").is_file()
+    assert pkg.meta["lineage"]["training_run_id"] and pkg.meta["lineage"]["git_commit"]
+
+
+def test_onnx_model_takes_any_clip_length_and_batch(tiny_package):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(ModelPackage.load(tiny_package).model_path))
+    for batch, frames in ((1, 20), (3, 75), (2, 140)):
+        video = np.zeros((batch, 1, frames, 88, 88), np.float32)
+        out = sess.run(None, {"video": video, "lengths": np.full(batch, frames, np.int64)})[0]
+        assert out.shape == (batch, frames, alphabet.NUM_CLASSES)
+
+
+def test_transcribe_json_gives_one_object_per_video(tiny_package):
+    videos = [sample_clip("bbaf2n")[0], sample_clip("lgaz8p")[0]]
+    result = _cli("transcribe", *videos, "--model", tiny_package, "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [r["path"] for r in rows] == [str(v) for v in videos]
+    for r in rows:
+        assert {"path", "text", "frames", "seconds"} <= r.keys()
+        assert r["frames"] == 75 and r["seconds"] == 3.0 and r["mouth_found"] > 0.9
+        assert set(r["text"]) <= set(alphabet.SYMBOLS)
+
+
+def test_greedy_and_beam_decoders_both_work(tiny_package):
+    video = sample_clip("bbaf2n")[0]
+    for decoder in ("greedy", "beam"):
+        result = _cli("transcribe", video, "--model", tiny_package, "--decoder", decoder)
+        assert result.exit_code == 0 and result.output.startswith(f"{video}: ")
+    bad = _cli("transcribe", video, "--model", tiny_package, "--decoder", "oracle")
+    assert bad.exit_code == 2 and "unknown decoder 'oracle'" in bad.output
+
+
+def test_bad_videos_are_named_and_the_good_ones_still_transcribed(tiny_package, tmp_path):
+    good = sample_clip("bbaf2n")[0]
+    text_file = tmp_path / "notes.mp4"
+    text_file.write_text("this is not a video")
+    faceless = noise_video(tmp_path / "faceless.mp4")
+    short = noise_video(tmp_path / "short.mp4", n_frames=4)
+    missing = tmp_path / "missing.mp4"
+    result = _cli(
+        "transcribe", text_file, good, faceless, short, missing, "--model", tiny_package, "--json"
+    )
+    assert result.exit_code == 1
+    rows = {Path(r["path"]).name: r for r in map(json.loads, result.output.strip().splitlines())}
+    assert "text" in rows["bbaf2n.mp4"]
+    assert "notes.mp4" in rows["notes.mp4"]["error"]
+    assert "no mouth found" in rows["faceless.mp4"]["error"]
+    assert "only 4 frames" in rows["short.mp4"]["error"]
+    assert "no such file" in rows["missing.mp4"]["error"]
+
+
+def test_transcribe_reads_other_frame_rates_and_silent_video(tiny_package, tmp_path):
+    silent = reencode(sample_clip("bbaf2n")[0], tmp_path / "silent.mp4", keep_audio=False)
+    result = _cli("transcribe", silent, "--model", tiny_package, "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["frames"] == 75
+
+
+def test_a_directory_that_is_not_a_package_is_refused(tmp_path):
+    with pytest.raises(PackageError, match="not a MouthMap model package"):
+        ModelPackage.load(tmp_path)
+    result = _cli("transcribe", sample_clip()[0], "--model", tmp_path)
+    assert result.exit_code == 2 and "not a MouthMap model package" in result.output
+
+
+def test_a_package_for_another_alphabet_is_refused(tiny_package, tmp_path):
+    other = shutil.copytree(tiny_package, tmp_path / "other")
+    meta = json.loads((other / "mouthmap.json").read_text())
+    meta["alphabet"]["symbols"] = meta["alphabet"]["symbols"][:-1]
+    (other / "mouthmap.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match="alphabet differs"):
+        ModelPackage.load(other)
+
+
+def test_evaluate_reports_wer_cer_and_slots_per_split_and_decoder(
+    tiny_package, prepared_sample, tmp_path
+):
+    params = write_params(tmp_path, data={"prepared_dir": str(prepared_sample / "prepared")})
+    result = _cli("evaluate", "--model", tiny_package, "-p", params)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "reports" / "eval" / "evaluation.json").read_text())
+    for split in ("val", "test"):
+        for decoder in ("greedy", "beam"):
+            r = report[split][decoder]
+            assert r["clips"] == 3 and r["wer"] >= 0 and r["cer"] >= 0
+            assert set(r["slots"]) == {"command", "colour", "preposition", "letter", "digit",
+                                       "adverb"}  # fmt: skip
+    assert "| test beam |" in result.output
+
+
+@pytest.mark.skipif(not DEFAULT_PACKAGE.is_dir(), reason="no released package under models/")
+def test_the_released_model_reads_the_sample_clips():
+    """The committed student, by default: most words of the 20 sample clips right."""
+    from mouthmap.data.corpus import read_align, transcript
+    from mouthmap.evaluation.metrics import wer
+
+    videos = sorted((SAMPLE / "s1" / "video").glob("*.mp4"))
+    result = _cli("transcribe", *videos, "--json")
+    assert result.exit_code == 0, result.output
+    hyps = [json.loads(line)["text"] for line in result.output.strip().splitlines()]
+    refs = [transcript(read_align(SAMPLE / "s1" / "align" / f"{v.stem}.align")) for v in videos]
+    assert wer(refs, hyps) < 0.15

@@ -1,0 +1,101 @@
+"""Training: the loss goes down, checkpoints resume, MLflow gets everything, DDP runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_params
+from mouthmap.cli import app
+from mouthmap.config import load_params
+from mouthmap.train import checkpoint
+from mouthmap.train.trainer import load_for_inference, train
+
+
+def _params(tmp_path: Path, prepared: Path, **train_args):
+    return load_params(
+        write_params(
+            tmp_path,
+            data={"prepared_dir": str(prepared / "prepared")},
+            train=train_args,
+        )
+    )
+
+
+def test_training_reduces_the_ctc_loss_and_logs_to_mlflow(prepared_sample, tmp_path):
+    import mlflow
+
+    params = _params(tmp_path, prepared_sample, epochs=3, lr=3e-3)
+    result = train(params, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result.best_checkpoint.is_file() and (result.out_dir / "last.pt").is_file()
+    assert (result.out_dir / "learning_curve.png").stat().st_size > 1000
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["train.epochs"] == "3"
+    assert run.data.params["train_clips"] == "14"
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_wer")
+    assert [m.step for m in history] == [1, 2, 3]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    assert {"history.json", "learning_curve.png", "checkpoint"} <= artifacts
+
+
+def test_resume_continues_where_the_last_checkpoint_stopped(prepared_sample, tmp_path):
+    first = train(_params(tmp_path, prepared_sample, epochs=1), progress=False)
+    assert len(first.history) == 1
+    resumed = train(_params(tmp_path, prepared_sample, epochs=2), resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[0] == first.history[0]  # epoch 1 was not redone
+
+
+def test_a_checkpoint_loads_back_into_the_same_model(prepared_sample, tmp_path):
+    result = train(_params(tmp_path, prepared_sample), progress=False)
+    model, state = load_for_inference(result.best_checkpoint)
+    assert not model.training
+    assert state["normalisation"]["std"] > 0 and state["model_spec"]["backend"] == "mstcn"
+
+
+def test_a_corrupt_checkpoint_is_refused_with_its_name(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="best.pt is not a readable checkpoint"):
+        load_for_inference(bad)
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(bad)])
+    assert result.exit_code == 2 and "not a readable checkpoint" in result.output
+
+
+def test_an_unknown_model_name_fails_before_training(prepared_sample, tmp_path):
+    params = write_params(tmp_path, data={"prepared_dir": str(prepared_sample / "prepared")})
+    result = CliRunner().invoke(app, ["train", "--model", "lipformer9000", "-p", str(params)])
+    assert result.exit_code == 2
+    assert "unknown model 'lipformer9000'" in result.output and "student" in result.output
+
+
+def test_data_parallel_training_with_two_cpu_processes(prepared_sample, tmp_path):
+    """torchrun starts two gloo ranks; each sees half the clips; rank 0 writes the results."""
+    params = write_params(
+        tmp_path,
+        data={"prepared_dir": str(prepared_sample / "prepared")},
+        train={"epochs": 2, "batch_size": 2},
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--standalone", "-m", "mouthmap", "train", "-p", str(params),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "runs" / "train"
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    state = checkpoint.load(out / "last.pt")
+    assert not any(k.startswith("module.") for k in state["model"])  # loads without DDP
+    assert done.stdout.count("trained tiny for 2 epochs") == 1  # only rank 0 reports
