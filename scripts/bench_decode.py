@@ -8,6 +8,11 @@ matrix, the worst case for a beam search. Accuracy here says what the LM can rep
 not what a model achieves: rerun on real model outputs for that.
 
     python scripts/bench_decode.py [--grid ../shared/data/grid] [--sweep]
+    python scripts/bench_decode.py --package models/mouthmap-student --prepared DIR
+
+With ``--package`` it times the package's own ONNX outputs on the real test clips of a
+prepared corpus instead (the figure the release quotes), with the package's LM and
+decoder settings.
 """
 
 from __future__ import annotations
@@ -98,6 +103,29 @@ def bench_profile(
     return xs
 
 
+def bench_package(package: Path, prepared: Path, repeats: int) -> None:
+    """Greedy, beam and beam+LM on a trained model's outputs for the real test clips."""
+    from mouthmap.data.prepare import read_manifest
+    from mouthmap.evaluation.evaluate import split_log_probs
+    from mouthmap.runtime.transcriber import Transcriber
+
+    runner = Transcriber(package, decoder="greedy")
+    refs, xs = split_log_probs(runner, prepared, read_manifest(prepared), "test")
+    settings = runner.package.meta.get("decoder", {})
+    decoders: dict[str, Callable[[np.ndarray], str]] = {
+        "greedy": greedy_decode,
+        "beam (no LM)": BeamDecoder(None, beam_width=settings.get("beam_width", 16)).decode,
+        "beam + LM": BeamDecoder(runner.package.lm_dir, **settings).decode,
+    }
+    print(f"[{package}] {len(xs)} real test clips, {xs[0].shape[0]}x{xs[0].shape[1]}, 1 core")
+    results = {}
+    for label, fn in decoders.items():
+        results[label] = evaluate(refs, [fn(x) for x in xs])
+        print(f"  {label:14s} {summary(time_per_clip(fn, xs, repeats))}")
+    print()
+    print(evaluation_table(results))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split-file", type=Path, default=ROOT / "data/splits/grid_s1.json")
@@ -106,10 +134,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweep", action="store_true", help="also time a grid of beam settings")
+    ap.add_argument("--package", type=Path, help="time this model package's real outputs")
+    ap.add_argument("--prepared", type=Path, help="prepared corpus with test clips (--package)")
     args = ap.parse_args()
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as on a phone
+    if args.package:
+        if args.prepared is None:
+            ap.error("--package needs --prepared DIR (a prepared corpus with test clips)")
+        bench_package(args.package, args.prepared, args.repeats)
+        return
     texts = split_transcripts(args.split_file, args.grid)
     refs = texts["test"]
     flat = flat_random(20, SynthConfig.frames, np.random.default_rng(args.seed))

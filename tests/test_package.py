@@ -132,3 +132,16 @@ def test_the_released_model_reads_the_sample_clips():
     hyps = [json.loads(line)["text"] for line in result.output.strip().splitlines()]
     refs = [transcript(read_align(SAMPLE / "s1" / "align" / f"{v.stem}.align")) for v in videos]
     assert wer(refs, hyps) < 0.15
+
+
+def test_decoder_tuning_on_val_is_stored_in_the_package(tiny_package, prepared_sample, tmp_path):
+    from mouthmap.evaluation.evaluate import tune_decoder
+
+    pkg = shutil.copytree(tiny_package, tmp_path / "pkg")
+    prepared = prepared_sample / "prepared"
+    best = tune_decoder(pkg, prepared, alphas=(0.0, 1.0), betas=(0.5, 2.0))
+    meta = ModelPackage.load(pkg).meta
+    assert (meta["decoder"]["alpha"], meta["decoder"]["beta"]) == (best["alpha"], best["beta"])
+    assert meta["decoder_tuning"]["clips"] == 3 and len(meta["decoder_tuning"]["grid"]) == 4
+    with pytest.raises(ValueError, match="test split"):
+        tune_decoder(pkg, prepared, split="test")

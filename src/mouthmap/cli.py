@@ -225,6 +225,31 @@ def lm_build(
     )
 
 
+@lm_app.command("tune")
+def lm_tune(
+    model: Path = typer.Option(..., help="model package whose decoder settings to tune"),
+    split: str = typer.Option("val", help="split to tune on (never test)"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Grid-search the LM weight (alpha) and word bonus (beta) on a split; store the best."""
+    from mouthmap import stages
+    from mouthmap.evaluation.evaluate import tune_decoder
+    from mouthmap.package import PackageError
+
+    params = _params(params_file)
+    try:
+        best = tune_decoder(
+            model, params.path(params.data.prepared_dir), split=split,
+            exclude=stages.quarantined_ids(params),
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, PackageError) as e:
+        _fail(str(e))
+    typer.echo(
+        f"best on {best['clips']} {split} clips: alpha {best['alpha']}, beta {best['beta']} "
+        f"(beam+LM WER {best['wer']:.4f}); stored in {model}/mouthmap.json"
+    )
+
+
 @app.command()
 def export(
     checkpoint: Path = typer.Option(None, help="checkpoint (default: train.out_dir/best.pt)"),

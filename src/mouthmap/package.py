@@ -107,3 +107,12 @@ def write_package(
     shutil.rmtree(out, ignore_errors=True)  # replace a previous package whole
     tmp.rename(out)
     return ModelPackage.load(out)
+
+
+def update_meta(pkg: ModelPackage, **fields: Any) -> ModelPackage:
+    """Set top-level fields of ``mouthmap.json`` (e.g. tuned decoder settings), atomically."""
+    from mouthmap.data.cache import atomic_write_bytes
+
+    meta = {**pkg.meta, **fields}
+    atomic_write_bytes(pkg.root / META, (json.dumps(meta, indent=1) + "\n").encode())
+    return ModelPackage.load(pkg.root)

@@ -16,6 +16,15 @@ from mouthmap.data.corpus import SLOT_NAMES
 from mouthmap.data.prepare import read_manifest
 
 
+def split_log_probs(
+    runner: Any, prepared: Path, df: Any, split: str, exclude: Collection[str] = ()
+) -> tuple[list[str], list[np.ndarray]]:
+    """References and the package's per-frame log-probs for the usable clips of a split."""
+    rows = df[(df["status"] == "ok") & (df["split"] == split) & ~df["id"].isin(exclude)]
+    outs = [runner.log_probs(cache.read_arrays(prepared / rel)["roi"]) for rel in rows["roi_path"]]
+    return list(rows["transcript"]), outs
+
+
 def evaluate_package(
     package_dir: str | Path,
     prepared_dir: str | Path,
@@ -37,10 +46,9 @@ def evaluate_package(
     out: dict[str, Any] = {"package": str(package_dir), "name": runner.package.meta["name"]}
     timings: dict[str, list[float]] = {d: [] for d in decoders}
     for split in splits:
-        rows = df[(df["status"] == "ok") & (df["split"] == split) & ~df["id"].isin(exclude)]
-        refs, hyps = list(rows["transcript"]), {d: [] for d in decoders}
-        for rel in rows["roi_path"]:
-            log_probs = runner.log_probs(cache.read_arrays(prepared / rel)["roi"])
+        refs, outputs = split_log_probs(runner, prepared, df, split, exclude)
+        hyps: dict[str, list[str]] = {d: [] for d in decoders}
+        for log_probs in outputs:
             for d in decoders:
                 t0 = time.perf_counter()
                 hyps[d].append(decode[d](log_probs))
@@ -61,6 +69,48 @@ def evaluate_package(
         if t
     }
     return out
+
+
+def tune_decoder(
+    package_dir: str | Path,
+    prepared_dir: str | Path,
+    alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0),
+    betas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
+    split: str = "val",
+    exclude: Collection[str] = (),
+) -> dict[str, Any]:
+    """Grid-search the LM weight and word bonus on ``split`` (never the test split) and
+    store the best pair in the package's decoder settings. Ties go to the smaller alpha."""
+    from mouthmap.decode.beam import BeamDecoder
+    from mouthmap.evaluation.metrics import wer
+    from mouthmap.package import ModelPackage, update_meta
+    from mouthmap.runtime.transcriber import Transcriber
+
+    if split == "test":
+        raise ValueError("tuning on the test split would make its error rates meaningless")
+    runner = Transcriber(package_dir, decoder="greedy")
+    prepared = Path(prepared_dir)
+    refs, outputs = split_log_probs(runner, prepared, read_manifest(prepared), split, exclude)
+    if not refs:
+        raise ValueError(f"no prepared {split} clips in {prepared} to tune on")
+    settings = dict(runner.package.meta.get("decoder", {}))
+    grid = []
+    for alpha in alphas:
+        for beta in betas:
+            beam = BeamDecoder(runner.package.lm_dir, **{**settings, "alpha": alpha, "beta": beta})
+            grid.append((wer(refs, [beam.decode(x) for x in outputs]), alpha, beta))
+    best_wer, alpha, beta = min(grid)
+    update_meta(
+        ModelPackage.load(package_dir),
+        decoder={**settings, "alpha": alpha, "beta": beta},
+        decoder_tuning={
+            "split": split,
+            "clips": len(refs),
+            "wer": best_wer,
+            "grid": [list(g) for g in grid],
+        },  # fmt: skip
+    )
+    return {"alpha": alpha, "beta": beta, "wer": best_wer, "split": split, "clips": len(refs)}
 
 
 def markdown_table(results: dict[str, Any]) -> str:

@@ -30,7 +30,10 @@ class VSRModel(nn.Module):
         self, video: torch.Tensor, lengths: torch.Tensor, return_features: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         mask = time_mask(lengths, video.shape[2])
-        feats = self.frontend(video)  # (B, T, D)
+        # zero the padding so a clip reads the same alone or in a padded batch; front ends that
+        # convolve in time more than once also re-zero it between their layers (mask)
+        video = video * mask[:, None, :, None, None].to(video.dtype)
+        feats = self.frontend(video, mask)  # (B, T, D)
         feats = self.backend(feats * mask[..., None].to(feats.dtype), lengths, mask)  # (B, T, H)
         log_probs = self.classifier(feats).log_softmax(-1)
         return (log_probs, feats) if return_features else log_probs
