@@ -145,3 +145,13 @@ def test_decoder_tuning_on_val_is_stored_in_the_package(tiny_package, prepared_s
     assert meta["decoder_tuning"]["clips"] == 3 and len(meta["decoder_tuning"]["grid"]) == 4
     with pytest.raises(ValueError, match="test split"):
         tune_decoder(pkg, prepared, split="test")
+
+
+def test_held_out_clips_are_read_from_raw_video_next_to_their_truth(tiny_package, prepared_sample):
+    from mouthmap import stages
+    from mouthmap.config import load_params
+    from mouthmap.data.corpus import in_grammar
+
+    readings = stages.read_held_out(load_params(prepared_sample / "params.yaml"), tiny_package)
+    assert len(readings) == 3  # the sample's test-split sentences
+    assert all(in_grammar(r.truth) and r.elapsed_ms > 0 for r in readings)

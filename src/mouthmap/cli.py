@@ -402,24 +402,44 @@ def demo(
     source: str = typer.Option(None, help="corpus to use (default: data.source in params)"),
     params_file: str = ParamsOpt,
 ) -> None:
-    """The main job on the embedded defaults: import, prepare and validate the data."""
+    """The main job on the embedded defaults: import, prepare and validate the data, then
+    read the held-out clips' lips with the released model."""
     from mouthmap import stages
 
     params = _params(params_file)
     t0 = time.perf_counter()
-    typer.secho("1/3 import corpus", bold=True)
+    typer.secho("1/4 import corpus", bold=True)
     imported = stages.import_corpus(params, source)
     typer.echo(imported.summary() if hasattr(imported, "summary") else str(imported))
-    typer.secho("2/3 prepare mouth ROIs and audio features", bold=True)
+    typer.secho("2/4 prepare mouth ROIs and audio features", bold=True)
     rep = stages.prepare_corpus(params)
     typer.echo(
         f"  {rep.prepared} prepared, {rep.skipped} up to date, {len(rep.rejected)} rejected; "
         f"{rep.clips_per_second:.2f} clips/s; mouth missed in "
         f"{100 * rep.miss_rate:.2f}% of frames; cache {_mb(rep.cache_bytes)}"
     )
-    typer.secho("3/3 validate (Great Expectations)", bold=True)
+    typer.secho("3/4 validate (Great Expectations)", bold=True)
     usable = _report_quality(stages.validate_corpus(params), exit_when_bad=False)
     data_summary(as_json=False, params_file=params_file)
+    _demo_read_lips(params)
     typer.secho(f"demo finished in {time.perf_counter() - t0:.1f} s", fg=typer.colors.GREEN)
     if not usable:
         raise typer.Exit(1)
+
+
+def _demo_read_lips(params) -> None:
+    from mouthmap import stages
+    from mouthmap.evaluation.metrics import wer
+    from mouthmap.package import DEFAULT_PACKAGE
+
+    typer.secho("4/4 read lips: held-out test sentences, released model, beam+LM", bold=True)
+    if not DEFAULT_PACKAGE.is_dir():
+        typer.echo(f"  no released model at {DEFAULT_PACKAGE}; skipped")
+        return
+    readings = stages.read_held_out(params)
+    for r in readings:
+        mark = "ok" if r.text == r.truth else "!="
+        typer.echo(f"  {r.id:10s} {mark} {r.text:32s} (truth: {r.truth}; {r.elapsed_ms:.0f} ms)")
+    if readings:
+        score = wer([r.truth for r in readings], [r.text for r in readings])
+        typer.echo(f"  WER {100 * score:.1f}% over {len(readings)} unseen sentences")

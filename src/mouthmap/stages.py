@@ -229,3 +229,31 @@ def evaluate_model(
         exclude=quarantined_ids(params),
     )
     return results, write_report(results, params.path(out_dir or params.evaluate.out_dir))
+
+
+@dataclass
+class HeldOutReading:
+    id: str
+    truth: str
+    text: str
+    elapsed_ms: float
+
+
+def read_held_out(
+    params: Params, package_dir: str | Path | None = None, splits: Sequence[str] = ("test",)
+) -> list[HeldOutReading]:
+    """Transcribe the raw videos of the imported corpus's held-out clips (sentences the
+    model never saw in training) with a model package, next to their true transcripts."""
+    from mouthmap.package import DEFAULT_PACKAGE
+    from mouthmap.runtime.transcriber import Transcriber
+
+    runner = Transcriber(package_dir or DEFAULT_PACKAGE, decoder="beam")
+    assignment = splits_mod.load(params.path(params.data.splits))
+    out = []
+    for clip in corpus.discover(params.path(params.data.raw_dir)):
+        if assignment.get(clip.id) not in splits or clip.align is None:
+            continue
+        t = runner.transcribe(clip.video)
+        truth = corpus.transcript(corpus.read_align(clip.align))
+        out.append(HeldOutReading(clip.id, truth, t.text, t.elapsed_ms))
+    return out
