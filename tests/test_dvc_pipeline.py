@@ -56,12 +56,12 @@ def test_repro_push_and_pull_into_a_fresh_clone_round_trips_the_pipeline(tmp_pat
 
     run(["git", "add", "-A"], origin, env)
     run(["git", "commit", "-q", "-m", "pipeline on the sample"], origin, env)
-    run_dvc(["push"], origin, env)
+    run_dvc(["push", "--with-deps", "validate"], origin, env)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
     assert not (clone / "data" / "prepared").exists()
-    run_dvc(["pull"], clone, env)
+    run_dvc(["pull", "--with-deps", "validate"], clone, env)
     for out in ("data/grid", "data/prepared", "reports/data_docs"):
         assert _files(clone / out) == _files(origin / out), out
     assert "up to date" in run_dvc(["status", "validate"], clone, env).stdout.lower()

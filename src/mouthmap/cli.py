@@ -341,6 +341,39 @@ def models_summary(
     typer.echo(summary.markdown_table(rows) if markdown else summary.format_table(rows))
 
 
+@app.command()
+def distill(
+    visual_teacher: str = typer.Option(None, help="visual teacher checkpoint (distill.*)"),
+    audio_teacher: str = typer.Option(None, help="audio teacher checkpoint (distill.*)"),
+    epochs: int = typer.Option(None, help="override train.epochs"),
+    limit_train: int = typer.Option(None, help="use only the first N training clips"),
+    out: str = typer.Option(None, "--out", help="output directory (default: distill.out_dir)"),
+    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
+    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Train the student (model.*) with CTC + knowledge distillation from frozen teachers."""
+    from mouthmap import stages
+    from mouthmap.train.checkpoint import CheckpointError
+
+    overrides = {
+        "distill.visual_teacher": visual_teacher, "distill.audio_teacher": audio_teacher,
+        "train.epochs": epochs, "train.limit_train": limit_train, "distill.out_dir": out,
+        "train.mlflow_uri": mlflow_uri,
+    }  # fmt: skip
+    params = _params(params_file, **overrides)
+    try:
+        result = stages.distill(params, resume=resume)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        _fail(str(e))
+    if result.history:
+        typer.echo(
+            f"distilled into {params.model.name} for {result.epochs_run} epochs on "
+            f"{result.device} in {result.seconds:.0f} s; best val WER {result.best_val_wer:.4f}; "
+            f"checkpoint {result.best_checkpoint}"
+        )
+
+
 # --- stack -----------------------------------------------------------------------------------
 
 

@@ -78,6 +78,24 @@ class TrainParams(_Section):
     experiment: str = "mouthmap"
 
 
+class DistillParams(_Section):
+    """Knowledge distillation into ``model`` (the student), trained with ``train``'s settings.
+
+    loss = CTC + kd_weight * T^2 KL(visual teacher || student at temperature T)
+         + feature_weight * (1 - cos(projected student features, audio teacher features))
+         + audio_kl_weight * T^2 KL(audio teacher || student at temperature T)
+    A term whose teacher is null or whose weight is 0 is left out (and its teacher not loaded).
+    """
+
+    visual_teacher: str | None = None  # checkpoint of a visual teacher (e.g. runs/teacher/best.pt)
+    audio_teacher: str | None = None  # checkpoint of an audio teacher (runs/audio_teacher/best.pt)
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(0.5, ge=0)  # response KD from the visual teacher
+    feature_weight: float = Field(0.5, ge=0)  # cross-modal feature KD from the audio teacher
+    audio_kl_weight: float = Field(0.0, ge=0)  # response KD from the audio teacher
+    out_dir: str = "runs/distill"
+
+
 class LMParams(_Section):
     order: int = Field(3, ge=1, le=6)
     dir: str = "runs/lm"
@@ -106,6 +124,7 @@ class Params(_Section):
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
     lm: LMParams = Field(default_factory=LMParams)
     decoder: DecoderParams = Field(default_factory=DecoderParams)
     package: PackageParams = Field(default_factory=PackageParams)

@@ -257,3 +257,11 @@ def read_held_out(
         truth = corpus.transcript(corpus.read_align(clip.align))
         out.append(HeldOutReading(clip.id, truth, t.text, t.elapsed_ms))
     return out
+
+
+def distill(params: Params, resume: bool = False, progress: bool = True):
+    """Train the student (``model``) with CTC + knowledge distillation (``distill``) from
+    frozen teacher checkpoints into ``distill.out_dir``."""
+    from mouthmap.train.distill import distill as run_distillation
+
+    return run_distillation(params, resume=resume, progress=progress)

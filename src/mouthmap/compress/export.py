@@ -16,6 +16,11 @@ def export_onnx(model: torch.nn.Module, path: str | Path, frames: int = 75) -> P
     """Export ``model(video (B,1,T,88,88), lengths (B,)) -> log_probs (B,T,C)`` to ONNX."""
     import onnx
 
+    if getattr(model, "modality", "video") != "video":
+        raise ValueError(
+            f"only visual models export to a model package; this one reads "
+            f"{model.modality} (an audio teacher serves distillation: `mouthmap distill`)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

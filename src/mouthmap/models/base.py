@@ -18,6 +18,9 @@ def time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 class VSRModel(nn.Module):
+    modality = "video"  # which input it reads (the audio teacher's is "audio")
+    frame_rate = 25  # output frames per second; distillation refuses teachers at other rates
+
     def __init__(
         self, frontend: nn.Module, backend: nn.Module, num_classes: int = alphabet.NUM_CLASSES
     ):
@@ -25,6 +28,11 @@ class VSRModel(nn.Module):
         self.frontend = frontend
         self.backend = backend
         self.classifier = nn.Linear(backend.out_dim, num_classes)
+
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames per clip: one per video frame."""
+        return lengths
 
     def forward(
         self, video: torch.Tensor, lengths: torch.Tensor, return_features: bool = False

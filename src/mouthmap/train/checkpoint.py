@@ -16,15 +16,17 @@ from mouthmap import alphabet
 from mouthmap.data.cache import atomic_write_bytes
 
 FORMAT = "mouthmap-checkpoint/1"
+FRAME_RATE = 25  # output frames per second of every model: one per video frame
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or was made for another alphabet."""
+    """A checkpoint is missing, corrupt, or was made for another alphabet or frame rate."""
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "alphabet": list(alphabet.SYMBOLS), **state}, buf)
+    head = {"format": FORMAT, "alphabet": list(alphabet.SYMBOLS), "frame_rate": FRAME_RATE}
+    torch.save({**head, **state}, buf)
     atomic_write_bytes(path, buf.getvalue())  # an interrupted save keeps the previous file
 
 
@@ -43,5 +45,11 @@ def load(path: str | Path) -> dict[str, Any]:
     if state.get("alphabet") != list(alphabet.SYMBOLS):
         raise CheckpointError(
             f"{p} was trained for alphabet {state.get('alphabet')}, not {list(alphabet.SYMBOLS)}"
+        )
+    rate = state.get("frame_rate", FRAME_RATE)  # checkpoints from before the field: 25
+    if rate != FRAME_RATE:
+        raise CheckpointError(
+            f"{p} outputs {rate} frames/s, not {FRAME_RATE} (one per video frame): its frames "
+            "would not line up with the video's"
         )
     return state

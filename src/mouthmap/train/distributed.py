@@ -47,6 +47,17 @@ def broadcast_flag(value: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def average_gradients(parameters, info: DistInfo) -> None:
+    """Average the gradients of parameters that live outside the DDP-wrapped model (a
+    distillation projection) over the ranks, as DDP does for the model's own."""
+    if not info.enabled:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= info.world_size
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

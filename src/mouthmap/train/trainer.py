@@ -1,6 +1,8 @@
-"""One trainer for every visual model: CTC loss, AdamW with warm-up + cosine decay,
-gradient clipping, mixed precision on CUDA, augmentation, early stopping on the
-validation WER, resumable checkpoints, DDP under torchrun, MLflow tracking.
+"""One trainer for every model: AdamW with warm-up + cosine decay, gradient clipping, mixed
+precision on CUDA, augmentation, early stopping on the validation WER, resumable checkpoints,
+DDP under torchrun, MLflow tracking. The loss comes from an objective (CTC by default,
+distillation in :mod:`mouthmap.train.distill`); the model's modality decides its input
+(video, or log-mel for the audio teacher).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -22,7 +23,10 @@ from mouthmap.config import Params
 from mouthmap.data import dataset as ds
 from mouthmap.data.prepare import read_manifest
 from mouthmap.train import checkpoint, distributed, tracking
+from mouthmap.train.objective import CTCObjective, ctc_loss, modality_of, model_inputs
 from mouthmap.train.schedule import warmup_cosine
+
+__all__ = ["TrainResult", "ctc_loss", "load_for_inference", "predict", "train"]
 
 
 @dataclass
@@ -44,18 +48,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def ctc_loss(log_probs: torch.Tensor, batch: ds.Batch) -> torch.Tensor:
-    """Mean CTC loss over the batch; (B, T, C) log-probs, computed in float32."""
-    return F.ctc_loss(
-        log_probs.float().transpose(0, 1),
-        batch.targets,
-        batch.video_lengths,
-        batch.target_lengths,
-        blank=0,
-        zero_infinity=True,  # a clip shorter than its transcript must not poison the batch
-    )
-
-
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[list, list]:
     """Greedy transcripts and references over a loader."""
@@ -64,8 +56,9 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
     model.eval()
     refs, hyps = [], []
     for batch in loader:
-        log_probs = model(batch.video.to(device), batch.video_lengths.to(device)).float().cpu()
-        for i, n in enumerate(batch.video_lengths.tolist()):
+        x, lengths, out_lengths = model_inputs(model, batch, device)
+        log_probs = model(x, lengths).float().cpu()
+        for i, n in enumerate(out_lengths.tolist()):
             hyps.append(greedy_decode(log_probs[i], n))
         refs.extend(batch.texts)
     return refs, hyps
@@ -77,7 +70,7 @@ def build_model_from(params: Params) -> torch.nn.Module:
     return build_model(params.model.spec or params.model.name)
 
 
-def _loaders(params: Params, dinfo: distributed.DistInfo):
+def _loaders(params: Params, dinfo: distributed.DistInfo, with_audio: bool = False):
     from mouthmap import stages
 
     tp = params.train
@@ -88,7 +81,7 @@ def _loaders(params: Params, dinfo: distributed.DistInfo):
     train_tf = [ds.RandomCrop(tp.crop), ds.HorizontalFlip(tp.flip_p)]
     if tp.time_mask_frames:
         train_tf.append(ds.TimeMask(tp.time_mask_frames))
-    common = dict(normalisation=norm, manifest=manifest, exclude=exclude)
+    common = dict(normalisation=norm, manifest=manifest, exclude=exclude, with_audio=with_audio)
     train_set = ds.GridDataset(prepared, ("train",), train_tf, limit=tp.limit_train, **common)
     val_set = ds.GridDataset(prepared, ("val",), ds.eval_transforms(tp.crop), **common)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -106,8 +99,18 @@ def _loaders(params: Params, dinfo: distributed.DistInfo):
     return train_loader, val_loader, sampler, norm
 
 
-def train(params: Params, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``params.model`` on the prepared corpus; returns where the best checkpoint is."""
+def train(
+    params: Params,
+    resume: bool = False,
+    progress: bool = True,
+    objective: CTCObjective | None = None,
+    out_dir: str | Path | None = None,
+    run_name: str | None = None,
+) -> TrainResult:
+    """Train ``params.model`` on the prepared corpus; returns where the best checkpoint is.
+
+    ``objective`` computes the loss (default: CTC); ``out_dir`` and ``run_name`` default to
+    ``train.out_dir`` and ``train-<model>``."""
     from mouthmap.evaluation.metrics import cer, wer
 
     t_start = time.perf_counter()
@@ -118,13 +121,17 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
         device = torch.device("cuda", dinfo.local_rank)
     else:
         device = torch.device("cpu")
-    out = params.path(tp.out_dir)
+    objective = objective or CTCObjective()
+    out = params.path(out_dir or tp.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
 
     model = build_model_from(params).to(device)  # an unknown name fails before data loads
-    train_loader, val_loader, sampler, norm = _loaders(params, dinfo)
-    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    objective.setup(model, device)  # teachers load (or fail) before data loads, too
+    with_audio = objective.needs_audio or modality_of(model) == "audio"
+    train_loader, val_loader, sampler, norm = _loaders(params, dinfo, with_audio)
+    trainable = [*model.parameters(), *objective.parameters()]
+    opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = len(train_loader)
     sched = warmup_cosine(opt, int(tp.warmup_epochs * steps_per_epoch), tp.epochs * steps_per_epoch)
     use_amp = tp.amp and device.type == "cuda"
@@ -137,6 +144,7 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        objective.load_state_dict(state.get("objective", {}))
         start_epoch, best_wer = state["epoch"] + 1, state["best_wer"]
         bad_epochs, history = state["bad_epochs"], state["history"]
         torch.set_rng_state(state["rng"])
@@ -151,13 +159,15 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
     base_state = {
         "model_name": params.model.name,
         "model_spec": params.model.spec,
+        "modality": modality_of(model),
+        "frame_rate": getattr(model, "frame_rate", checkpoint.FRAME_RATE),
+        "objective_name": objective.name,
         "normalisation": asdict(norm),
         "params": json.loads(params.model_dump_json(by_alias=True)),
     }
     stopped_early, run_id = False, None
-    with tracking.run(
-        tp.mlflow_uri, params.root, tp.experiment, f"train-{params.model.name}", dinfo.is_main
-    ) as mlrun:
+    run_name = run_name or f"train-{params.model.name}"
+    with tracking.run(tp.mlflow_uri, params.root, tp.experiment, run_name, dinfo.is_main) as mlrun:
         if mlrun is not None:
             import mlflow
 
@@ -181,12 +191,13 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
                     "parameters": sum(p.numel() for p in model.parameters()),
                 }
             )
+            mlflow.log_params(tracking.flatten(objective.log_params()))
         for epoch in range(start_epoch, tp.epochs):
             t0 = time.perf_counter()
             if sampler is not None:
                 sampler.set_epoch(epoch)
             net.train()
-            losses = []
+            losses, parts_sum = [], {}
             bar = tqdm(
                 train_loader,
                 desc=f"epoch {epoch + 1}/{tp.epochs}",
@@ -195,25 +206,24 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
                 leave=False,
             )
             for batch in bar:
-                x, lengths = (
-                    batch.video.to(device, non_blocking=True),
-                    batch.video_lengths.to(device),
-                )
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    log_probs = net(x, lengths)
-                loss = ctc_loss(log_probs, batch)
+                    loss, parts = objective(net, batch, device)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                distributed.average_gradients(objective.parameters(), dinfo)  # DDP: not in net
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tp.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, tp.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
                 losses.append(float(loss.detach()))
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             row: dict[str, float] = {
                 "epoch": epoch + 1,
                 "train_loss": float(np.mean(losses)),
+                **{f"train_{k}": v / len(losses) for k, v in parts_sum.items()},
                 "lr": opt.param_groups[0]["lr"],
             }
             improved = False
@@ -233,6 +243,7 @@ def train(params: Params, resume: bool = False, progress: bool = True) -> TrainR
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "scaler": scaler.state_dict(),
+                    "objective": objective.state_dict(),  # e.g. a KD projection: not exported
                     "epoch": epoch,
                     "best_wer": best_wer,
                     "bad_epochs": bad_epochs,
@@ -308,11 +319,15 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path | N
 
 
 def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A trained model in eval mode plus its checkpoint metadata (normalisation, spec)."""
+    """A trained model in eval mode plus its checkpoint metadata (normalisation, spec); the
+    model only: an objective's own state (a distillation projection) is left behind."""
     from mouthmap.models import build_model
 
     state = checkpoint.load(path)
-    model = build_model(state["model_spec"] or state["model_name"])
+    try:
+        model = build_model(state["model_spec"] or state["model_name"])
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{path}: cannot rebuild its model: {e}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
