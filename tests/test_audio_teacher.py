@@ -3,6 +3,7 @@ user's own pretrained encoder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,15 @@ def test_mouthmap_train_model_audio_teacher_runs(prepared_sample, tmp_path):
     assert "trained audio_teacher for 1 epochs" in result.output
     _, state = load_for_inference(out / "best.pt")
     assert state["model_name"] == "audio_teacher" and state["modality"] == "audio"
+
+    # scored like any model: greedy and beam+LM WER per split from its log-mels
+    result = CliRunner().invoke(
+        app, ["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "test",
+              "-p", str(params)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "reports" / "eval" / "evaluation.json").read_text())
+    assert report["modality"] == "audio" and report["test"]["beam"]["clips"] == 3
 
 
 def test_an_audio_model_is_not_exported_as_a_lip_reading_package():

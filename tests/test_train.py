@@ -63,6 +63,31 @@ def test_a_checkpoint_loads_back_into_the_same_model(prepared_sample, tmp_path):
     assert state["normalisation"]["std"] > 0 and state["model_spec"]["backend"] == "mstcn"
 
 
+def test_fine_tuning_starts_from_the_given_checkpoint(prepared_sample, tmp_path):
+    import torch
+
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    first = train(_params(tmp_path / "a", prepared_sample, epochs=1), progress=False)
+    start, _ = load_for_inference(first.best_checkpoint)
+    # lr ~0 so the fine-tuned weights can only equal the starting ones if they were loaded
+    tuned = train(
+        _params(tmp_path / "b", prepared_sample, epochs=1, lr=1e-12,
+                init_from=str(first.best_checkpoint)),
+        progress=False,
+    )  # fmt: skip
+    after, _ = load_for_inference(tuned.out_dir / "last.pt")
+    w0, w1 = dict(start.named_parameters()), dict(after.named_parameters())
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in w0)  # (BatchNorm stats move)
+
+    student = checkpoint.load(first.best_checkpoint)
+    student["model"] = {"nonsense.weight": torch.zeros(1)}
+    checkpoint.save(tmp_path / "other.pt", student)
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit this model"):
+        train(_params(tmp_path / "c", prepared_sample, init_from=str(tmp_path / "other.pt")),
+              progress=False)  # fmt: skip
+
+
 def test_a_corrupt_checkpoint_is_refused_with_its_name(tmp_path):
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"\x00not a checkpoint")

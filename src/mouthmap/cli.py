@@ -176,6 +176,7 @@ def train(
     model: str = typer.Option(None, "--model", "-m", help="model name (default: model.name)"),
     epochs: int = typer.Option(None, help="override train.epochs"),
     limit_train: int = typer.Option(None, help="use only the first N training clips"),
+    init_from: str = typer.Option(None, help="start from this checkpoint's weights (fine-tune)"),
     out: str = typer.Option(None, "--out", help="output directory (default: train.out_dir)"),
     mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
@@ -187,7 +188,7 @@ def train(
 
     overrides = {
         "model.name": model, "train.epochs": epochs, "train.limit_train": limit_train,
-        "train.out_dir": out, "train.mlflow_uri": mlflow_uri,
+        "train.init_from": init_from, "train.out_dir": out, "train.mlflow_uri": mlflow_uri,
     }  # fmt: skip
     params = _params(params_file, **overrides)
     if model:
@@ -273,8 +274,78 @@ def export(
 
 
 @app.command()
+def release(
+    checkpoint: Path = typer.Option(..., help="the trained (or distilled) checkpoint"),
+    out: Path = typer.Option(None, "--out", help="package directory (default: the released one)"),
+    lm: Path = typer.Option(None, help="LM directory (default: build it from train transcripts)"),
+    notes: str = typer.Option(None, help="a line for the model card's training section"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Checkpoint -> finished package: export, tune the decoder on val, score val and test,
+    write size/cost/training facts and a model card (README.md) into it."""
+    from mouthmap import stages
+    from mouthmap.package import DEFAULT_PACKAGE, PackageError
+    from mouthmap.train.checkpoint import CheckpointError
+
+    params = _params(params_file)
+    try:
+        root, _ = stages.release_model(params, checkpoint, out or DEFAULT_PACKAGE, lm, notes)
+    except (ValueError, FileNotFoundError, CheckpointError, PackageError) as e:
+        _fail(str(e))
+    typer.echo((root / "README.md").read_text())
+    typer.echo(f"released {root}")
+
+
+@app.command()
+def quantize(
+    model: Path = typer.Option(None, help="FP32 model package (default: package.dir)"),
+    checkpoint: Path = typer.Option(None, help="its checkpoint, for QAT (default: train best)"),
+    method: str = typer.Option(None, help="all | ptq | qat | dynamic (default: quantize.method)"),
+    out: Path = typer.Option(None, "--out", help="quantized package (default: quantize.out_dir)"),
+    in_place: bool = typer.Option(False, help="quantize the package itself, not a copy"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """INT8 for the edge: PTQ / QAT / dynamic variants, compared with FP32 on val; the better
+    of PTQ and QAT by WER becomes model.onnx (model_fp32.onnx stays)."""
+    from mouthmap import stages
+    from mouthmap.package import PackageError
+    from mouthmap.train.checkpoint import CheckpointError
+
+    params = _params(params_file, **{"quantize.method": method})
+    src = model or params.path(params.package.dir)
+    try:
+        root, report = stages.quantize_model(
+            params, src, checkpoint, out_dir=src if in_place else out,
+            log=lambda m: typer.echo(m, err=True),
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, CheckpointError, PackageError) as e:
+        _fail(str(e))
+    fp32_mb = report["fp32_bytes"]
+    typer.echo(f"{'method':>8} {'MB':>6} {'x smaller':>9} {'WER greedy':>10} {'WER beam':>9} "
+               f"{'agree':>6} {'frames':>7}")  # fmt: skip
+    for name, r in report["methods"].items():
+        c = r["comparison"]
+        beam = f"{c['wer_beam']:.4f}" if c["wer_beam"] is not None else "n/a"
+        typer.echo(
+            f"{name:>8} {r['bytes'] / 1e6:6.2f} {fp32_mb / r['bytes']:9.1f} "
+            f"{c['wer_greedy']:10.4f} {beam:>9} {c['transcript_agreement']:6.2f} "
+            f"{c['frame_agreement']:7.3f}"
+        )
+    c = next(iter(report["methods"].values()))["comparison"]
+    beam = f"{c['fp32_wer_beam']:.4f}" if c["fp32_wer_beam"] is not None else "n/a"
+    typer.echo(f"{'fp32':>8} {fp32_mb / 1e6:6.2f} {1:9.1f} {c['fp32_wer_greedy']:10.4f} {beam:>9}")
+    typer.echo(
+        f"model.onnx <- {report['chosen']} ({report['selection_split']} split, "
+        f"{c['clips']} clips); package {root}"
+    )
+
+
+@app.command()
 def evaluate(
     model: str = typer.Option(None, help="model package (default: the released one)"),
+    checkpoint: Path = typer.Option(
+        None, help="score a training checkpoint instead (any model, e.g. the audio teacher)"
+    ),
     split: list[str] = typer.Option(["val", "test"], "--split", help="split(s) to score"),
     decoder: list[str] = typer.Option(["greedy", "beam"], "--decoder", help="greedy and/or beam"),
     out: Path = typer.Option(None, "--out", help="report directory (default: reports/eval)"),
@@ -283,13 +354,14 @@ def evaluate(
     """WER/CER and GRID slot error rates per split, greedy and beam+LM (JSON + markdown)."""
     from mouthmap import stages
     from mouthmap.package import PackageError
+    from mouthmap.train.checkpoint import CheckpointError
 
     params = _params(params_file)
     try:
         results, (json_path, md_path) = stages.evaluate_model(
-            params, model, split, decoder, out_dir=out
+            params, model, split, decoder, out_dir=out, checkpoint_path=checkpoint
         )
-    except (ValueError, FileNotFoundError, PackageError) as e:
+    except (ValueError, FileNotFoundError, PackageError, CheckpointError) as e:
         _fail(str(e))
     typer.echo(md_path.read_text())
     typer.echo(f"wrote {json_path} and {md_path}")
@@ -300,16 +372,32 @@ def transcribe(
     paths: list[Path] = typer.Argument(..., help="video file(s)"),
     model: str = typer.Option(None, help="model package (default: the released one)"),
     decoder: str = typer.Option("beam", help="greedy | beam (beam search + KenLM)"),
+    provider: str = typer.Option(
+        "cpu",
+        help="ONNX Runtime execution provider: cpu | nnapi | qnn | coreml | cuda "
+        "(one this build lacks falls back to cpu with a warning)",
+    ),  # fmt: skip
+    fp32: bool = typer.Option(False, help="run model_fp32.onnx instead of model.onnx (INT8)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per input and line"),
 ) -> None:
     """Read lips: raw video in, text out (the same mouth-ROI preparation as training)."""
+    import warnings
+
     from mouthmap.package import DEFAULT_PACKAGE, PackageError
+    from mouthmap.runtime.runner import ProviderFallbackWarning
     from mouthmap.runtime.transcriber import TranscribeError, Transcriber
 
     try:
-        runner = Transcriber(model or DEFAULT_PACKAGE, decoder=decoder)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ProviderFallbackWarning)
+            runner = Transcriber(
+                model or DEFAULT_PACKAGE, decoder=decoder, provider=provider,
+                model_file="model_fp32.onnx" if fp32 else None,
+            )  # fmt: skip
     except (PackageError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    for w in caught:
+        typer.secho(f"warning: {w.message}", fg=typer.colors.YELLOW, err=True)
     failed = 0
     for path in paths:
         try:
@@ -326,6 +414,78 @@ def transcribe(
         else:
             typer.echo(f"{t.path}: {t.text}")
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    model: Path = typer.Option(None, help="model package (default: quantize.out_dir)"),
+    checkpoint: Path = typer.Option(None, help="the student's checkpoint: the PyTorch row"),
+    teacher: Path = typer.Option(None, help="teacher checkpoint (missing: untrained architecture)"),
+    out: Path = typer.Option(Path("reports/bench"), "--out", help="bench.json/.md/.png here"),
+    repeats: int = typer.Option(20, help="timed runs per latency figure"),
+    test_clips: int = typer.Option(None, help="score only N test clips (default: all)"),
+    frames: int = typer.Option(75, help="frames per timed clip (75: a 3 s GRID clip)"),
+    quick: bool = typer.Option(False, help="a smoke run: 3 repeats, 4 test clips, batch 2"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """PyTorch FP32 vs ONNX Runtime FP32 / INT8 (PTQ, QAT, dynamic) vs the teacher, side by
+    side: size, parameters, latency p50/p95 at 1 and 2 threads, throughput, memory, test WER."""
+    from mouthmap import stages
+    from mouthmap.package import PackageError
+    from mouthmap.runtime.bench import BenchSettings, run_bench, write_outputs
+    from mouthmap.train.checkpoint import CheckpointError
+
+    params = _params(params_file)
+    settings = BenchSettings(repeats=repeats, test_clips=test_clips, frames=frames)
+    if quick:
+        settings = BenchSettings(repeats=3, warmup=1, batch=2, batch_repeats=1,
+                                 test_clips=test_clips or 4, frames=frames)  # fmt: skip
+    try:
+        report = run_bench(
+            model or params.path(params.quantize.out_dir), params.path(params.data.prepared_dir),
+            checkpoint, teacher, settings, exclude=sorted(stages.quarantined_ids(params)),
+            log=lambda m: typer.echo(m, err=True),
+        )  # fmt: skip
+        paths = write_outputs(report, out)
+    except (ValueError, FileNotFoundError, CheckpointError, PackageError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(paths[1].read_text())
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("export-mobile")
+def export_mobile_cmd(
+    model: Path = typer.Option(None, help="model package (default: quantize.out_dir)"),
+    onnx_file: str = typer.Option("model.onnx", "--file", help="which ONNX file of the package"),
+    out: Path = typer.Option(None, "--out", help="output directory (default: PACKAGE/mobile)"),
+    frames: int = typer.Option(75, help="clip length the fixed-shape model is made for"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """The Android (NNAPI) path without a phone: fixed-shape ONNX, ORT-format model and
+    ONNX Runtime's mobile-usability / NNAPI partition report."""
+    from mouthmap.package import ModelPackage, PackageError
+    from mouthmap.runtime.mobile import export_mobile
+
+    params = _params(params_file)
+    try:
+        pkg = ModelPackage.load(model or params.path(params.quantize.out_dir))
+        art = export_mobile(pkg.root / onnx_file, out or pkg.root / "mobile", frames=frames)
+    except (PackageError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    n = art.nnapi
+    if n:
+        typer.echo(
+            f"NNAPI: {n['supported_nodes']}/{n['nodes']} nodes in {n['partitions']} partition(s), "
+            f"ORT's verdict {n['suitability']}; unsupported: {', '.join(n['unsupported_ops'])}; "
+            f"Conv3d nodes (NNAPI runs 2-D Conv only): {n['conv3d_nodes']}"
+        )
+    typer.echo(f"ORT format model: {art.ort_model}\nusability report: {art.usability_report}")
+    for note in art.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    for e in art.errors:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    if art.errors:
         raise typer.Exit(1)
 
 
@@ -347,6 +507,7 @@ def distill(
     audio_teacher: str = typer.Option(None, help="audio teacher checkpoint (distill.*)"),
     epochs: int = typer.Option(None, help="override train.epochs"),
     limit_train: int = typer.Option(None, help="use only the first N training clips"),
+    init_from: str = typer.Option(None, help="start from this checkpoint's weights (fine-tune)"),
     out: str = typer.Option(None, "--out", help="output directory (default: distill.out_dir)"),
     mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
@@ -359,6 +520,7 @@ def distill(
     overrides = {
         "distill.visual_teacher": visual_teacher, "distill.audio_teacher": audio_teacher,
         "train.epochs": epochs, "train.limit_train": limit_train, "distill.out_dir": out,
+        "train.init_from": init_from,
         "train.mlflow_uri": mlflow_uri,
     }  # fmt: skip
     params = _params(params_file, **overrides)

@@ -73,6 +73,7 @@ class TrainParams(_Section):
     flip_p: float = Field(0.5, ge=0, le=1)
     time_mask_frames: int = Field(10, ge=0)
     limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), not random
     out_dir: str = "runs/train"
     mlflow_uri: str | None = None  # default: a local SQLite store under mlruns/
     experiment: str = "mouthmap"
@@ -113,6 +114,23 @@ class PackageParams(_Section):
     dir: str = "runs/package"  # where `mouthmap export` writes; releases live in models/
 
 
+class QuantizeParams(_Section):
+    """INT8 for the edge (``mouthmap quantize``): ORT static PTQ, PT2E QAT, ORT dynamic."""
+
+    method: Literal["all", "ptq", "qat", "dynamic"] = "all"
+    out_dir: str = "runs/package_int8"  # the quantized copy of package.dir
+    calibration_clips: int = Field(64, ge=1)  # training clips for the PTQ activation ranges
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    reduce_range: bool = False  # 7-bit weights; measured worse on the student here
+    qat_epochs: int = Field(1, ge=1)
+    qat_lr: float = Field(1e-4, gt=0)
+    qat_batch_size: int = Field(8, ge=1)
+    qat_limit_train: int | None = Field(None, ge=1)  # clips per QAT epoch (a CPU time budget)
+    select_split: Literal["val", "train"] = "val"  # never test: it reports, it does not choose
+
+
 class EvaluateParams(_Section):
     out_dir: str = "reports/eval"
 
@@ -128,6 +146,7 @@ class Params(_Section):
     lm: LMParams = Field(default_factory=LMParams)
     decoder: DecoderParams = Field(default_factory=DecoderParams)
     package: PackageParams = Field(default_factory=PackageParams)
+    quantize: QuantizeParams = Field(default_factory=QuantizeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     root: Path = Field(default=Path("."), exclude=True)
 

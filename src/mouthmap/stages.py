@@ -197,6 +197,50 @@ def export_model(
         return write_package(out_dir, onnx_path, meta, lm_dir=lm)
 
 
+def quantize_model(
+    params: Params,
+    package_dir: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
+    method: str | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    log=lambda _: None,
+) -> tuple[Path, dict]:
+    """Model package -> the same package with INT8 variants and the better of PTQ and QAT as
+    ``model.onnx`` (``quantize.*``), at ``out_dir`` (a copy) or in place when it is the same."""
+    import shutil
+
+    from mouthmap.compress.ptq import QuantizeSettings
+    from mouthmap.compress.qat import QATSettings
+    from mouthmap.compress.quantize import METHODS, quantize_package
+
+    q = params.quantize
+    src = params.path(package_dir or params.package.dir)
+    dst = params.path(out_dir or q.out_dir)
+    method = method or q.method
+    methods = METHODS if method == "all" else (method,)
+    ckpt = checkpoint_path or params.path(params.train.out_dir) / "best.pt"
+    if src.resolve() != dst.resolve():
+        from mouthmap.package import ModelPackage
+
+        ModelPackage.load(src)  # refuse a non-package before copying it
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    report = quantize_package(
+        dst, params.path(params.data.prepared_dir), ckpt if "qat" in methods else None,
+        methods=methods, calibration_clips=q.calibration_clips,
+        ptq_settings=QuantizeSettings(
+            per_channel=q.per_channel, activation_type=q.activation_type,
+            reduce_range=q.reduce_range, calibrate_method=q.calibrate_method),
+        qat_settings=QATSettings(
+            epochs=q.qat_epochs, lr=q.qat_lr, batch_size=q.qat_batch_size,
+            limit_train=q.qat_limit_train, seed=params.train.seed),
+        select_split=q.select_split, exclude=sorted(quarantined_ids(params)),
+        progress=progress, log=log,
+    )  # fmt: skip
+    return dst, report
+
+
 def data_version(params: Params) -> str | None:
     """The DVC hash of the prepared data when DVC tracked it (dvc.lock), else None."""
     import yaml
@@ -216,19 +260,82 @@ def evaluate_model(
     splits: Sequence[str] = ("val", "test"),
     decoders: Sequence[str] = ("greedy", "beam"),
     out_dir: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
 ) -> tuple[dict, tuple[Path, Path]]:
-    """Score a model package on the prepared splits; writes evaluation.json + .md."""
-    from mouthmap.evaluation.evaluate import evaluate_package, write_report
+    """Score a model package (or, given ``checkpoint_path``, a training checkpoint in PyTorch
+    with the LM of ``lm.dir``) on the prepared splits; writes evaluation.json + .md."""
+    from mouthmap.evaluation.evaluate import evaluate_checkpoint, evaluate_package, write_report
     from mouthmap.package import DEFAULT_PACKAGE
 
-    results = evaluate_package(
-        package_dir or DEFAULT_PACKAGE,
-        params.path(params.data.prepared_dir),
-        splits,
-        decoders,
-        exclude=quarantined_ids(params),
-    )
+    prepared = params.path(params.data.prepared_dir)
+    exclude = quarantined_ids(params)
+    if checkpoint_path is not None:
+        lm_dir = build_language_model(params).arpa.parent if "beam" in decoders else None
+        results = evaluate_checkpoint(
+            checkpoint_path, prepared, lm_dir, params.decoder.model_dump(), splits, decoders,
+            exclude, crop=params.train.crop,
+        )  # fmt: skip
+    else:
+        results = evaluate_package(
+            package_dir or DEFAULT_PACKAGE, prepared, splits, decoders, exclude=exclude
+        )
     return results, write_report(results, params.path(out_dir or params.evaluate.out_dir))
+
+
+def release_model(
+    params: Params,
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    lm_dir: str | Path | None = None,
+    notes: str | None = None,
+    tune: bool = True,
+) -> tuple[Path, dict]:
+    """Checkpoint -> a finished package: export, tune the decoder on val, score val and test,
+    record size, cost and training facts in ``mouthmap.json`` and write the model card."""
+    from mouthmap import model_card
+    from mouthmap.evaluation.evaluate import tune_decoder
+    from mouthmap.models.summary import summarise
+    from mouthmap.package import ModelPackage, update_meta
+    from mouthmap.train import checkpoint
+
+    state = checkpoint.load(checkpoint_path)
+    pkg = export_model(params, checkpoint_path, out_dir, lm_dir)
+    prepared = params.path(params.data.prepared_dir)
+    if tune:
+        tune_decoder(pkg.root, prepared, exclude=quarantined_ids(params))
+    results, _ = evaluate_model(params, pkg.root)
+    cost = summarise(state["model_spec"] or state["model_name"])
+    history = state.get("history", [])
+    seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
+    evaluation = {
+        split: {
+            dec: {k: r[k] for k in ("clips", "wer", "cer", "slots")}
+            for dec, r in results[split].items()
+        }
+        for split in ("val", "test")
+    }
+    evaluation["decode_ms_per_clip"] = results["decode_ms_per_clip"]
+    meta = update_meta(
+        ModelPackage.load(pkg.root),
+        size={
+            "parameters": cost.parameters,
+            "fp32_onnx_mb": pkg.fp32_path.stat().st_size / 1e6,
+            "gmacs_per_second": cost.gmacs_per_second,
+        },
+        training={
+            "epochs": len(history),
+            "objective": state.get("objective_name", "ctc"),
+            "hardware": state.get("hardware"),
+            "wall_time": f"{seconds / 3600:.2f} h ({seconds:.0f} s over {len(history)} epochs)",
+            "train_clips": state.get("params", {}).get("train", {}).get("limit_train")
+            or "all of the train split",
+            "best_val_wer": state.get("best_wer"),
+            "notes": notes,
+        },
+        evaluation=evaluation,
+    ).meta
+    model_card.write(pkg.root, meta)
+    return pkg.root, results
 
 
 @dataclass

@@ -56,3 +56,19 @@ def max_abs_difference(model: torch.nn.Module, path: str | Path, frames: int = 6
     got = sess.run(None, {"video": video.numpy(), "lengths": lengths.numpy()})[0]
     valid = np.arange(frames)[None, :] < lengths.numpy()[:, None]  # padded frames may differ
     return float(np.abs(ref - got)[valid].max())
+
+
+def strip_debug_info(path: str | Path) -> Path:
+    """Drop the exporter's per-node debug metadata (FX node text, stack traces, class
+    hierarchies) and doc strings: about 0.3-0.65 MB of a 1.5 MB INT8 model, none of it read
+    by any runtime."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.graph.doc_string = ""
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return Path(path)

@@ -25,33 +25,29 @@ def split_log_probs(
     return list(rows["transcript"]), outs
 
 
-def evaluate_package(
-    package_dir: str | Path,
-    prepared_dir: str | Path,
-    splits: Sequence[str] = ("val", "test"),
+def score(
+    outputs: dict[str, tuple[list[str], list[np.ndarray]]],
+    lm_dir: Path | None,
+    decoder_settings: dict[str, Any],
     decoders: Sequence[str] = ("greedy", "beam"),
-    exclude: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Run the package's ONNX model over cached ROIs (the same preparation as transcribe)."""
+    """Decode per-clip log-probs of each split greedy and/or beam+LM and score them against
+    the references: WER, CER, slot error rates, examples, and the decoding time per clip."""
     from mouthmap.decode.beam import BeamDecoder
     from mouthmap.decode.greedy import greedy_decode
     from mouthmap.evaluation.metrics import cer, slot_error_rates, wer
-    from mouthmap.runtime.transcriber import Transcriber
 
-    runner = Transcriber(package_dir, decoder="greedy")
-    beam = BeamDecoder(runner.package.lm_dir, **runner.package.meta.get("decoder", {}))
-    decode = {"greedy": greedy_decode, "beam": beam.decode}
-    prepared = Path(prepared_dir)
-    df = read_manifest(prepared)
-    out: dict[str, Any] = {"package": str(package_dir), "name": runner.package.meta["name"]}
+    decode = {"greedy": greedy_decode}
+    if "beam" in decoders:
+        decode["beam"] = BeamDecoder(lm_dir, **decoder_settings).decode
+    out: dict[str, Any] = {}
     timings: dict[str, list[float]] = {d: [] for d in decoders}
-    for split in splits:
-        refs, outputs = split_log_probs(runner, prepared, df, split, exclude)
+    for split, (refs, log_probs) in outputs.items():
         hyps: dict[str, list[str]] = {d: [] for d in decoders}
-        for log_probs in outputs:
+        for x in log_probs:
             for d in decoders:
                 t0 = time.perf_counter()
-                hyps[d].append(decode[d](log_probs))
+                hyps[d].append(decode[d](x))
                 timings[d].append(1000 * (time.perf_counter() - t0))
         out[split] = {
             d: {
@@ -69,6 +65,73 @@ def evaluate_package(
         if t
     }
     return out
+
+
+def evaluate_package(
+    package_dir: str | Path,
+    prepared_dir: str | Path,
+    splits: Sequence[str] = ("val", "test"),
+    decoders: Sequence[str] = ("greedy", "beam"),
+    exclude: Collection[str] = (),
+) -> dict[str, Any]:
+    """Run the package's ONNX model over cached ROIs (the same preparation as transcribe)."""
+    from mouthmap.runtime.transcriber import Transcriber
+
+    runner = Transcriber(package_dir, decoder="greedy")
+    prepared = Path(prepared_dir)
+    df = read_manifest(prepared)
+    outputs = {s: split_log_probs(runner, prepared, df, s, exclude) for s in splits}
+    meta = runner.package.meta
+    return {
+        "package": str(package_dir),
+        "name": meta["name"],
+        **score(outputs, runner.package.lm_dir, meta.get("decoder", {}), decoders),
+    }
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    prepared_dir: str | Path,
+    lm_dir: Path | None,
+    decoder_settings: dict[str, Any],
+    splits: Sequence[str] = ("val", "test"),
+    decoders: Sequence[str] = ("greedy", "beam"),
+    exclude: Collection[str] = (),
+    crop: int = 88,
+) -> dict[str, Any]:
+    """Score a training checkpoint in PyTorch: any model, also the ones that never become a
+    package (the audio teacher reads log-mels; the visual teacher)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mouthmap.data import dataset as ds
+    from mouthmap.train.objective import modality_of, model_inputs
+    from mouthmap.train.trainer import load_for_inference
+
+    model, state = load_for_inference(checkpoint_path)
+    prepared = Path(prepared_dir)
+    df = read_manifest(prepared)
+    norm = ds.Normalisation(**state["normalisation"])
+    outputs = {}
+    for split in splits:
+        data = ds.GridDataset(
+            prepared, (split,), ds.eval_transforms(crop), norm, manifest=df, exclude=exclude,
+            with_audio=modality_of(model) == "audio",
+        )  # fmt: skip
+        refs, log_probs = [], []
+        with torch.no_grad():
+            for batch in DataLoader(data, batch_size=8, collate_fn=ds.collate):
+                x, lengths, out_lengths = model_inputs(model, batch, torch.device("cpu"))
+                lp = model(x, lengths).float().numpy()
+                log_probs += [lp[i, :n] for i, n in enumerate(out_lengths.tolist())]
+                refs += batch.texts
+        outputs[split] = (refs, log_probs)
+    return {
+        "checkpoint": str(checkpoint_path),
+        "name": state["model_name"],
+        "modality": modality_of(model),
+        **score(outputs, lm_dir, decoder_settings, decoders),
+    }
 
 
 def tune_decoder(

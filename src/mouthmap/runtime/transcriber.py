@@ -33,20 +33,26 @@ class Transcript:
 
 
 class Transcriber:
-    def __init__(self, package: str | Path | ModelPackage, decoder: str = "beam") -> None:
-        import onnxruntime as ort
-
+    def __init__(
+        self,
+        package: str | Path | ModelPackage,
+        decoder: str = "beam",
+        provider: str = "cpu",
+        threads: int | None = None,
+        model_file: str | None = None,
+    ) -> None:
+        """``model_file``: another ONNX file of the package (e.g. ``model_fp32.onnx``) instead of
+        the deployable ``model.onnx`` (INT8 once quantized)."""
         from mouthmap.data.mouth import get_localiser
+        from mouthmap.runtime.runner import OnnxRunner
 
         self.package = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
         if decoder not in ("greedy", "beam"):
             raise ValueError(f"unknown decoder {decoder!r}: use greedy or beam")
         self.decoder_name = decoder
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(self.package.model_path), opts, providers=["CPUExecutionProvider"]
-        )
+        path = self.package.root / model_file if model_file else self.package.model_path
+        self.runner = OnnxRunner(path, provider=provider, threads=threads)
+        self.session = self.runner.session
         prep = self.package.meta.get("prepare", {})
         self.localiser = get_localiser(prep.get("localiser", "mediapipe"))
         self.roi_size = int(prep.get("roi_size", 96))
@@ -64,9 +70,7 @@ class Transcriber:
         """(T, 96, 96) uint8 ROIs -> (T, C) log-probabilities."""
         off = (rois.shape[1] - self.crop) // 2
         x = rois[:, off : off + self.crop, off : off + self.crop].astype(np.float32) / 255.0
-        x = (x - self.package.mean) / self.package.std
-        feeds = {"video": x[None, None], "lengths": np.array([len(x)], dtype=np.int64)}
-        return self.session.run(None, feeds)[0][0]
+        return self.runner.clip((x - self.package.mean) / self.package.std)
 
     def decode(self, log_probs: np.ndarray) -> str:
         if self._beam is not None:

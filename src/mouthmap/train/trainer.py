@@ -70,6 +70,38 @@ def build_model_from(params: Params) -> torch.nn.Module:
     return build_model(params.model.spec or params.model.name)
 
 
+def hardware_description(device: torch.device, world_size: int = 1) -> str:
+    """What trained a model, for its model card: CPU model and cores, or the GPU's name."""
+    import os
+    import platform
+
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:  # /proc/cpuinfo names the CPU on Linux; platform.processor() often does not
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        what = f"{cpu}, {len(os.sched_getaffinity(0))} cores, no GPU"
+    return f"{world_size} x {what}" if world_size > 1 else what
+
+
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Start from another run's weights: the same architecture is required, the rest is new."""
+    state = checkpoint.load(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(
+            f"{path} holds {state.get('model_name')!r} weights that do not fit this model: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+
+
 def _loaders(params: Params, dinfo: distributed.DistInfo, with_audio: bool = False):
     from mouthmap import stages
 
@@ -127,6 +159,8 @@ def train(
     last_path, best_path = out / "last.pt", out / "best.pt"
 
     model = build_model_from(params).to(device)  # an unknown name fails before data loads
+    if tp.init_from and not (resume and last_path.exists()):
+        init_weights(model, params.path(tp.init_from))
     objective.setup(model, device)  # teachers load (or fail) before data loads, too
     with_audio = objective.needs_audio or modality_of(model) == "audio"
     train_loader, val_loader, sampler, norm = _loaders(params, dinfo, with_audio)
@@ -163,6 +197,7 @@ def train(
         "frame_rate": getattr(model, "frame_rate", checkpoint.FRAME_RATE),
         "objective_name": objective.name,
         "normalisation": asdict(norm),
+        "hardware": hardware_description(device, dinfo.world_size),
         "params": json.loads(params.model_dump_json(by_alias=True)),
     }
     stopped_early, run_id = False, None
