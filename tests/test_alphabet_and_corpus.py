@@ -83,3 +83,16 @@ def test_discover_finds_clips_and_keeps_those_without_alignment(tmp_path: Path):
 def test_discover_on_missing_directory_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         corpus.discover(tmp_path / "missing")
+
+
+def test_frame_labels_mark_each_frame_with_the_word_spoken_there():
+    words = corpus.parse_align(REAL_ALIGN)  # bin 23750..29500: the centres of frames 24..28
+    labels = corpus.frame_labels(words, 75)
+    assert len(labels) == 75 and labels[0] == 0 and labels[-1] == 0  # silence around it
+    bin_class = 1 + corpus.WORDS.index("bin")
+    assert labels[24:29] == [bin_class] * 5 and labels[23] == 0 and labels[29] != bin_class
+    spoken = ["bin", "blue", "at", "f", "two", "now"]
+    assert sorted(set(labels) - {0}) == sorted(1 + corpus.WORDS.index(w) for w in spoken)
+    assert len(corpus.WORDS) == 51  # the GRID grammar's words
+    odd = corpus.frame_labels([corpus.Word(0, 2000, "hello")], 4)
+    assert odd == [corpus.IGNORE_LABEL] * 2 + [0, 0]

@@ -14,6 +14,16 @@ from mouthmap.data import cache, dataset
 from mouthmap.data.prepare import MANIFEST_COLUMNS, write_manifest
 
 
+def _write_align(root: Path, cid: str, text: str) -> Path:
+    """An .align with each word 8 frames long after 10 frames of silence."""
+    lines = ["0 10000 sil"]
+    for i, w in enumerate(text.split()):
+        lines.append(f"{10000 + 8000 * i} {18000 + 8000 * i} {w}")
+    path = root / f"{cid}.align"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _fake_cache(tmp_path: Path, lengths=(75, 74, 60), statuses=("ok", "ok", "ok")) -> Path:
     rng = np.random.default_rng(0)
     rows = []
@@ -28,6 +38,7 @@ def _fake_cache(tmp_path: Path, lengths=(75, 74, 60), statuses=("ok", "ok", "ok"
             id=cid, split="train" if i < 2 else "test", status=status, transcript=texts[i],
             n_frames=n, roi_mean=float(roi.mean()), roi_std=float(roi.std()),
             roi_path=str(npz.relative_to(tmp_path)),
+            align=str(_write_align(tmp_path, cid, texts[i])) if i != 1 else "",
         )  # fmt: skip
         rows.append(row)
     write_manifest(tmp_path, rows)
@@ -96,3 +107,18 @@ def test_normalisation_pools_train_clip_statistics():
     norm = dataset.normalisation_from_manifest(df)
     assert norm.mean == pytest.approx(110 / 255)
     assert norm.std == pytest.approx(np.sqrt(900 + 100) / 255)
+
+
+def test_frame_word_labels_come_along_for_the_alignment_aid(tmp_path):
+    from mouthmap.data.corpus import IGNORE_LABEL, WORDS
+
+    root = _fake_cache(tmp_path)
+    data = dataset.GridDataset(root, ("train",), with_alignment=True)
+    batch = dataset.collate([data[0], data[1]])
+    assert batch.frame_labels.shape == (2, 75)
+    first = batch.frame_labels[0]
+    assert (first[:10] == 0).all() and int(first[10]) == 1 + WORDS.index("bin")
+    assert int(first[18]) == 1 + WORDS.index("blue")
+    # clip 1 has no alignment file: every frame ignored, padding too
+    assert (batch.frame_labels[1] == IGNORE_LABEL).all()
+    assert dataset.GridDataset(root, ("train",))[0].frame_labels is None

@@ -172,3 +172,35 @@ def test_models_summary_command_lists_every_model_with_size_and_macs():
     rows = [line for line in result.output.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 2 + len(COMBINATIONS)  # header, teacher, student, combinations
     assert any(r.startswith("| student ") for r in rows)
+
+
+@pytest.mark.parametrize("frontend", ["shufflenetv2", "mobilenetv2", "ghostnet", "mobilevit"])
+def test_the_exported_form_of_the_conv3d_stem_reads_the_same(frontend):
+    """Export runs the 5x7x7 Conv3d stem as a Conv2d over 5 stacked frames (fast 2-D and INT8
+    kernels); a trained model must give the same log-probs either way, padding included."""
+    from mouthmap.compress.export import deployable
+
+    torch.manual_seed(0)
+    model = build_model({"frontend": frontend, "backend": "mstcn"}).eval()
+    for m in model.modules():  # trained-looking BatchNorm statistics, not the identity
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    video, lengths = torch.randn(2, 1, 30, 88, 88), torch.tensor([30, 21])
+    exported = deployable(model)
+    assert not any(isinstance(m, nn.Conv3d) for m in _used_convs(exported, video, lengths))
+    with torch.no_grad():
+        a, b = model(video, lengths), exported(video, lengths)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert any(isinstance(m, nn.Conv3d) for m in model.modules())  # the original is untouched
+
+
+def _used_convs(model: nn.Module, *inputs) -> list[nn.Module]:
+    used: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: used.append(m)) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Conv3d))]  # fmt: skip
+    with torch.no_grad():
+        model(*inputs)
+    for h in hooks:
+        h.remove()
+    return used

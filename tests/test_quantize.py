@@ -31,12 +31,13 @@ def _weight_bytes(path: Path) -> int:
     return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
 
 
-def _float_conv3d(path: Path) -> bool:
-    """The stem's Conv3d reads a float weight straight from an initializer (not quantized)."""
-    graph = onnx.load(str(path)).graph
-    init = {i.name: i for i in graph.initializer}
-    convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in init]
-    return any(len(init[n.input[1]].dims) == 5 for n in convs)
+def _conv_ranks(path: Path) -> list[int]:
+    """The rank of every convolution's input (5: a Conv3d), from ORT's shape inference."""
+    from onnx import shape_inference
+
+    graph = shape_inference.infer_shapes(onnx.load(str(path))).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]}
+    return [ranks.get(n.input[0], -1) for n in graph.node if n.op_type == "Conv"]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,11 @@ def test_int8_variants_are_valid_smaller_and_take_any_clip_length(quantized, tin
         for frames in (23, 75):  # the time axis stayed dynamic, the batch too
             out = run.run(np.zeros((2, 1, frames, 88, 88), np.float32), np.array([frames, 9]))
             assert out.shape == (2, frames, 28) and np.isfinite(out).all()
-    assert _float_conv3d(root / "model_int8_ptq.onnx")  # no slow INT8 Conv3d
-    assert _float_conv3d(root / "model_int8_qat.onnx")
+    # the Conv3d stem is exported as the equal Conv2d over stacked frames: ORT and NNAPI have
+    # fast (INT8) 2-D kernels, none for 3-D; every INT8 variant quantizes it
+    for f in ("model_fp32.onnx", "model_int8_ptq.onnx", "model_int8_qat.onnx"):
+        ranks = _conv_ranks(root / f)
+        assert ranks and 5 not in ranks, (f, ranks)
 
 
 def test_int8_log_probs_follow_fp32_on_real_clips(quantized, prepared_sample):
@@ -123,7 +127,7 @@ def test_the_better_int8_becomes_model_onnx_and_transcribe_runs_it(quantized, tm
     chosen = report["chosen"]
     assert chosen in ("ptq", "qat") and pkg.meta["quantization"]["chosen"] == chosen
     assert pkg.model_path.read_bytes() == (root / f"model_int8_{chosen}.onnx").read_bytes()
-    assert pkg.fp32_path.stat().st_size > 2 * pkg.model_path.stat().st_size
+    assert _weight_bytes(pkg.fp32_path) > 2.5 * _weight_bytes(pkg.model_path)
 
     rois = np.random.default_rng(0).integers(0, 255, (30, 96, 96), dtype=np.uint8)
     default = Transcriber(root, decoder="greedy").log_probs(rois)
@@ -225,7 +229,7 @@ def test_export_mobile_writes_the_ort_model_and_the_nnapi_report(quantized, tmp_
     summary = json.loads((tmp_path / "m" / "mobile.json").read_text())
     assert Path(summary["ort_model"]).stat().st_size > 0
     assert summary["nnapi"]["nodes"] > summary["nnapi"]["supported_nodes"] > 0
-    assert summary["nnapi"]["conv3d_nodes"] == 1  # the stem
+    assert summary["nnapi"]["conv3d_nodes"] == 0  # the stem runs as a 2-D convolution
     assert "NNAPI" in (tmp_path / "m" / "mobile_usability.txt").read_text()
     fixed = onnx.load(summary["fixed_model"]).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in fixed] == [1, 1, 30, 88, 88]

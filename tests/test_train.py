@@ -124,3 +124,16 @@ def test_data_parallel_training_with_two_cpu_processes(prepared_sample, tmp_path
     state = checkpoint.load(out / "last.pt")
     assert not any(k.startswith("module.") for k in state["model"])  # loads without DDP
     assert done.stdout.count("trained tiny for 2 epochs") == 1  # only rank 0 reports
+
+
+def test_the_alignment_aid_trains_a_word_head_that_is_not_exported(prepared_sample, tmp_path):
+    """train.align_weight > 0: every frame is also classified as its aligned word; the loss
+    part is logged, the head is kept with the training state but the model stays the same."""
+    params = _params(tmp_path, prepared_sample, epochs=2, lr=3e-3, align_weight=1.0)
+    result = train(params, progress=False)
+    parts = [h["train_align"] for h in result.history]
+    assert len(parts) == 2 and parts[-1] < parts[0] and parts[0] > 1.0  # ~log(52) at start
+    state = checkpoint.load(result.out_dir / "last.pt")
+    assert state["objective"]["align_head"]["weight"].shape[0] == 52
+    model, _ = load_for_inference(result.best_checkpoint)
+    assert not any("align" in k for k in model.state_dict())

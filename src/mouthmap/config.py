@@ -72,6 +72,7 @@ class TrainParams(_Section):
     crop: int = Field(88, ge=16)
     flip_p: float = Field(0.5, ge=0, le=1)
     time_mask_frames: int = Field(10, ge=0)
+    align_weight: float = Field(0.0, ge=0)  # per-frame word classification from the alignments
     limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), not random
     out_dir: str = "runs/train"

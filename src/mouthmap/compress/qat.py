@@ -77,8 +77,10 @@ def _dynamic_shapes():
 def prepare(model: torch.nn.Module) -> torch.fx.GraphModule:
     """Capture the model in training mode (BatchNorm folds into the fake-quantized conv the
     QAT way) and insert the fake quantizers."""
+    from mouthmap.compress.export import deployable
+
     prepare_qat_pt2e, _, _, quantizer = _pt2e()
-    model = model.train()
+    model = deployable(model).train()  # a Conv2d stem: the quantizer makes it INT8 too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.export.export(model, _example(), dynamic_shapes=_dynamic_shapes())

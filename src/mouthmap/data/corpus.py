@@ -19,6 +19,9 @@ SLOTS: dict[str, tuple[str, ...]] = {
     "adverb": ("again", "now", "please", "soon"),
 }
 SLOT_NAMES: tuple[str, ...] = tuple(SLOTS)
+# word classes of the per-frame alignment target (train.align_weight): 0 is silence
+WORDS: tuple[str, ...] = tuple(sorted({w for words in SLOTS.values() for w in words}))
+IGNORE_LABEL = -100  # frames with no usable label (a word outside the grammar, padding)
 GRAMMAR_REGEX = "^" + " ".join("(" + "|".join(words) + ")" for words in SLOTS.values()) + "$"
 _GRAMMAR = re.compile(GRAMMAR_REGEX)
 
@@ -84,6 +87,21 @@ def read_align(path: str | Path) -> list[Word]:
     except UnicodeDecodeError:
         raise AlignError(f"{p}: not a text alignment file") from None
     return parse_align(text, str(p))
+
+
+def frame_labels(words: list[Word], frames: int) -> list[int]:
+    """The word spoken at each of ``frames`` video frames, as a class: 0 for silence,
+    ``1 + WORDS.index(word)`` for a GRID word, ``IGNORE_LABEL`` for any other word."""
+    index = {w: i + 1 for i, w in enumerate(WORDS)}
+    labels = [0] * frames
+    for w in words:  # a frame belongs to the word spoken at its centre
+        label = index.get(w.word, IGNORE_LABEL)
+        first = max(0, -(-(w.start - FRAME_UNITS // 2) // FRAME_UNITS))
+        for t in range(first, frames):
+            if t * FRAME_UNITS + FRAME_UNITS // 2 >= w.end:
+                break
+            labels[t] = label
+    return labels
 
 
 def transcript(words: list[Word]) -> str:

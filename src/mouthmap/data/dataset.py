@@ -106,6 +106,7 @@ class Sample:
     target: torch.Tensor  # (L,) int64 label indices
     text: str
     mel: torch.Tensor | None = None  # (T_audio, n_mels) float32
+    frame_labels: torch.Tensor | None = None  # (T,) int64 word class per frame (alignment)
 
 
 class GridDataset(Dataset[Sample]):
@@ -122,6 +123,7 @@ class GridDataset(Dataset[Sample]):
         manifest: pd.DataFrame | None = None,
         exclude: Collection[str] = (),
         limit: int | None = None,
+        with_alignment: bool = False,
     ) -> None:
         self.prepared_dir = Path(prepared_dir)
         df = read_manifest(self.prepared_dir) if manifest is None else manifest
@@ -130,6 +132,7 @@ class GridDataset(Dataset[Sample]):
         self.transforms = list(transforms or [])
         self.norm = normalisation or normalisation_from_manifest(df)
         self.with_audio = with_audio
+        self.with_alignment = with_alignment  # per-frame word classes from the .align files
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -149,7 +152,19 @@ class GridDataset(Dataset[Sample]):
             mel = torch.from_numpy(arrays["mel"].astype(np.float32))
         text = str(row["transcript"])
         target = torch.tensor(alphabet.encode(text), dtype=torch.long)
-        return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel)
+        labels = self._frame_labels(row, video.shape[0]) if self.with_alignment else None
+        return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel, labels)
+
+    @staticmethod
+    def _frame_labels(row: pd.Series, frames: int) -> torch.Tensor:
+        """Word class per frame from the clip's .align file; all ignored when it is gone."""
+        from mouthmap.data.corpus import IGNORE_LABEL, AlignError, frame_labels, read_align
+
+        try:
+            labels = frame_labels(read_align(str(row.get("align", ""))), frames)
+        except AlignError:
+            labels = [IGNORE_LABEL] * frames
+        return torch.tensor(labels, dtype=torch.long)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -169,6 +184,7 @@ class Batch:
     texts: list[str]
     mel: torch.Tensor | None = None  # (B, T_audio_max, n_mels)
     mel_lengths: torch.Tensor | None = None
+    frame_labels: torch.Tensor | None = None  # (B, T_max) word classes, IGNORE_LABEL padded
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
@@ -186,6 +202,13 @@ def collate(samples: Sequence[Sample]) -> Batch:
         mel = torch.zeros(len(samples), int(mel_lengths.max()), samples[0].mel.shape[1])
         for i, s in enumerate(samples):
             mel[i, : s.mel.shape[0]] = s.mel
+    labels = None
+    if all(s.frame_labels is not None for s in samples):
+        from mouthmap.data.corpus import IGNORE_LABEL
+
+        labels = torch.full((len(samples), int(lengths.max())), IGNORE_LABEL, dtype=torch.long)
+        for i, s in enumerate(samples):
+            labels[i, : len(s.frame_labels)] = s.frame_labels
     return Batch(
         ids=[s.id for s in samples],
         video=video,
@@ -195,4 +218,5 @@ def collate(samples: Sequence[Sample]) -> Batch:
         texts=[s.text for s in samples],
         mel=mel,
         mel_lengths=mel_lengths,
+        frame_labels=labels,
     )

@@ -83,7 +83,14 @@ class LipNet3D(nn.Module):
 
 
 class Conv3dStem(nn.Module):
-    """5x7x7 Conv3d, then 3x3 spatial max-pool: (B, 1, T, 88, 88) -> (B*T, C, 22, 22)."""
+    """5x7x7 Conv3d, then 3x3 spatial max-pool: (B, 1, T, 88, 88) -> (B*T, C, 22, 22).
+
+    A Conv3d over one input channel is exactly a Conv2d whose input channels are the 5
+    neighbouring frames (zero-padded at the clip's ends, as the Conv3d pads). Training uses the
+    Conv3d; :meth:`as_frame_stack` switches to the 2-D form for export, because 2-D
+    convolutions have fast (INT8) kernels in ONNX Runtime and mobile NPUs (NNAPI runs only 2-D
+    Conv), while the 3-D one was most of the exported model's time (STACK.md).
+    """
 
     def __init__(self, channels: int = 24):
         super().__init__()
@@ -93,14 +100,42 @@ class Conv3dStem(nn.Module):
         )
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.channels = channels
+        self.frame_stack: nn.Sequential | None = None  # the 2-D form, once made
+
+    def as_frame_stack(self) -> None:
+        """Run as Conv2d over stacked frames from now on (same weights, same outputs)."""
+        conv3d, bn3d, _ = self.conv
+        conv2d = nn.Conv2d(conv3d.kernel_size[0], self.channels, conv3d.kernel_size[1:],
+                           conv3d.stride[1:], conv3d.padding[1:], bias=False)  # fmt: skip
+        conv2d.weight.data.copy_(conv3d.weight.data[:, 0])
+        bn2d = nn.BatchNorm2d(self.channels, eps=bn3d.eps, momentum=bn3d.momentum)
+        bn2d.load_state_dict(bn3d.state_dict())
+        self.frame_stack = nn.Sequential(conv2d, bn2d, nn.ReLU(inplace=True)).eval()
+
+    def _stacked(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        k = self.frame_stack[0].in_channels
+        padded = F.pad(x[:, 0], (0, 0, 0, 0, k // 2, k // 2))  # (B, T + k - 1, H, W)
+        frames = torch.stack([padded[:, i : i + t] for i in range(k)], 2)  # (B, T, k, H, W)
+        return self.frame_stack(frames.reshape(b * t, k, h, w))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
             x = x * _frames_mask(mask, x)
+        if self.frame_stack is not None:
+            return self.pool(self._stacked(x))
         y = self.conv(x)  # (B, C, T, 44, 44)
         b, c, t, h, w = y.shape
         y = y.transpose(1, 2).reshape(b * t, c, h, w)
         return self.pool(y)
+
+
+def use_frame_stacks(model: nn.Module) -> int:
+    """Switch every Conv3d stem of ``model`` to its 2-D form (export); returns how many."""
+    stems = [m for m in model.modules() if isinstance(m, Conv3dStem)]
+    for stem in stems:
+        stem.as_frame_stack()
+    return len(stems)
 
 
 class FrameTrunk(nn.Module):

@@ -35,7 +35,7 @@ from mouthmap.config import Params
 from mouthmap.data import dataset as ds
 from mouthmap.models.base import time_mask
 from mouthmap.train import checkpoint
-from mouthmap.train.objective import CTCObjective, ctc_loss, modality_of, model_inputs
+from mouthmap.train.objective import CTCObjective, modality_of, model_inputs
 
 TERMS = ("kd", "feature", "audio_kl")  # the distillation parts, besides "ctc"
 
@@ -124,7 +124,9 @@ class DistillationObjective(CTCObjective):
         kd_weight: float = 0.5,
         feature_weight: float = 0.5,
         audio_kl_weight: float = 0.0,
+        align_weight: float = 0.0,
     ):
+        super().__init__(align_weight)
         self.visual_path = Path(visual_teacher) if visual_teacher else None
         self.audio_path = Path(audio_teacher) if audio_teacher else None
         self.temperature = temperature
@@ -140,6 +142,7 @@ class DistillationObjective(CTCObjective):
             params.path(d.visual_teacher) if d.visual_teacher else None,
             params.path(d.audio_teacher) if d.audio_teacher else None,
             d.temperature, d.kd_weight, d.feature_weight, d.audio_kl_weight,
+            params.train.align_weight,
         )  # fmt: skip
 
     @property
@@ -161,6 +164,7 @@ class DistillationObjective(CTCObjective):
             raise ValueError("distillation trains a visual student; model reads audio")
         # building teachers and the projection must not move the seeded random stream: every
         # configuration of an ablation then sees the same data order and augmentations
+        super().setup(model, device)
         with torch.random.fork_rng(devices=[]):
             self._setup(model, device)
 
@@ -175,18 +179,24 @@ class DistillationObjective(CTCObjective):
                 ).to(device)
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.projection.parameters()) if self.projection is not None else []
+        own = list(self.projection.parameters()) if self.projection is not None else []
+        return super().parameters() + own
 
     def state_dict(self) -> dict[str, Any]:
-        return {"projection": self.projection.state_dict()} if self.projection is not None else {}
+        state = super().state_dict()
+        if self.projection is not None:
+            state["projection"] = self.projection.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         if self.projection is not None and "projection" in state:
             self.projection.load_state_dict(state["projection"])
 
     def log_params(self) -> dict[str, Any]:
         return {
             "objective": self.name,
+            "align_weight": self.align_weight,
             "distill": {
                 "visual_teacher": str(self.visual_path) if self.uses_visual else None,
                 "audio_teacher": str(self.audio_path) if self.uses_audio else None,
@@ -198,10 +208,7 @@ class DistillationObjective(CTCObjective):
     def __call__(
         self, net: nn.Module, batch: ds.Batch, device: torch.device
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, lengths, out_lengths = model_inputs(net, batch, device)
-        log_probs, feats = net(x, lengths, return_features=True)
-        loss = ctc_loss(log_probs, batch, out_lengths)
-        parts = {"ctc": loss}
+        loss, parts, (log_probs, feats, out_lengths) = self._ctc_and_alignment(net, batch, device)
         valid = out_lengths.to(device)
         T = self.temperature
         if self.visual is not None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mouthmap.data import dataset as ds
+from mouthmap.data.corpus import IGNORE_LABEL, WORDS
 
 
 def modality_of(model: nn.Module) -> str:
@@ -54,33 +55,81 @@ def ctc_loss(
     )
 
 
+def alignment_loss(
+    logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of (B, T, K) per-frame word logits against the word classes of the
+    alignment (B, T'), over frames both have; ignored labels and padding do not count."""
+    t = min(logits.shape[1], labels.shape[1])
+    labels = labels[:, :t].to(logits.device).clone()
+    pad = torch.arange(t, device=logits.device)[None, :] >= lengths.to(logits.device)[:, None]
+    labels[pad] = IGNORE_LABEL
+    if not (labels != IGNORE_LABEL).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[:, :t].float().transpose(1, 2), labels, ignore_index=IGNORE_LABEL)
+
+
 class CTCObjective:
-    """CTC between the model's per-frame outputs and the transcripts: plain training."""
+    """CTC between the model's per-frame outputs and the transcripts: plain training.
+
+    With ``align_weight > 0`` (``train.align_weight``) a linear head on the back end's features
+    also classifies every frame as the word its alignment says is spoken there (GRID ships word
+    timings; :func:`mouthmap.data.corpus.frame_labels`). CTC alone has to discover where the
+    words are from whole-sentence labels, which takes many epochs on 700 clips; the per-frame
+    target is dense and makes the features word-discriminative early. The head belongs to the
+    objective (checkpoint key ``objective``), not to the exported model.
+    """
 
     name = "ctc"
     needs_audio = False  # whether batches must carry log-mel features besides the model's input
 
+    def __init__(self, align_weight: float = 0.0) -> None:
+        self.align_weight = align_weight
+        self.align_head: nn.Linear | None = None
+
+    @property
+    def needs_alignment(self) -> bool:
+        """Whether batches must carry per-frame word classes."""
+        return self.align_weight > 0
+
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once the model is on its device, before the optimiser is built."""
+        if self.align_weight > 0 and modality_of(model) == "video":
+            with torch.random.fork_rng(devices=[]):  # the same data order with or without it
+                self.align_head = nn.Linear(model.classifier.in_features, len(WORDS) + 1)
+            self.align_head.to(device)
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the objective itself (optimised with the model's)."""
-        return []
+        return list(self.align_head.parameters()) if self.align_head is not None else []
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"align_head": self.align_head.state_dict()} if self.align_head is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if self.align_head is not None and "align_head" in state:
+            self.align_head.load_state_dict(state["align_head"])
 
     def log_params(self) -> dict[str, Any]:
         """Settings worth recording with the run."""
-        return {"objective": self.name}
+        return {"objective": self.name, "align_weight": self.align_weight}
+
+    def _ctc_and_alignment(
+        self, net: nn.Module, batch: ds.Batch, device: torch.device
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """(loss so far, parts, (log_probs, features, output lengths)) for subclasses."""
+        x, lengths, out_lengths = model_inputs(net, batch, device)
+        log_probs, feats = net(x, lengths, return_features=True)
+        loss = ctc_loss(log_probs, batch, out_lengths)
+        parts = {"ctc": loss}
+        if self.align_head is not None and batch.frame_labels is not None:
+            parts["align"] = alignment_loss(self.align_head(feats), batch.frame_labels, lengths)
+            loss = loss + self.align_weight * parts["align"]
+        return loss, parts, (log_probs, feats, out_lengths)
 
     def __call__(
         self, net: nn.Module, batch: ds.Batch, device: torch.device
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total loss, named parts) of one batch; the net is the (DDP-wrapped) model."""
-        x, lengths, out_lengths = model_inputs(net, batch, device)
-        loss = ctc_loss(net(x, lengths), batch, out_lengths)
-        return loss, {"ctc": loss}
+        loss, parts, _ = self._ctc_and_alignment(net, batch, device)
+        return loss, parts

@@ -102,7 +102,12 @@ def init_weights(model: torch.nn.Module, path: Path) -> None:
         ) from None
 
 
-def _loaders(params: Params, dinfo: distributed.DistInfo, with_audio: bool = False):
+def _loaders(
+    params: Params,
+    dinfo: distributed.DistInfo,
+    with_audio: bool = False,
+    with_alignment: bool = False,
+):
     from mouthmap import stages
 
     tp = params.train
@@ -114,7 +119,10 @@ def _loaders(params: Params, dinfo: distributed.DistInfo, with_audio: bool = Fal
     if tp.time_mask_frames:
         train_tf.append(ds.TimeMask(tp.time_mask_frames))
     common = dict(normalisation=norm, manifest=manifest, exclude=exclude, with_audio=with_audio)
-    train_set = ds.GridDataset(prepared, ("train",), train_tf, limit=tp.limit_train, **common)
+    train_set = ds.GridDataset(
+        prepared, ("train",), train_tf, limit=tp.limit_train, with_alignment=with_alignment,
+        **common,
+    )  # fmt: skip
     val_set = ds.GridDataset(prepared, ("val",), ds.eval_transforms(tp.crop), **common)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(
@@ -153,7 +161,7 @@ def train(
         device = torch.device("cuda", dinfo.local_rank)
     else:
         device = torch.device("cpu")
-    objective = objective or CTCObjective()
+    objective = objective or CTCObjective(tp.align_weight)
     out = params.path(out_dir or tp.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -163,7 +171,9 @@ def train(
         init_weights(model, params.path(tp.init_from))
     objective.setup(model, device)  # teachers load (or fail) before data loads, too
     with_audio = objective.needs_audio or modality_of(model) == "audio"
-    train_loader, val_loader, sampler, norm = _loaders(params, dinfo, with_audio)
+    train_loader, val_loader, sampler, norm = _loaders(
+        params, dinfo, with_audio, objective.needs_alignment
+    )
     trainable = [*model.parameters(), *objective.parameters()]
     opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = len(train_loader)
