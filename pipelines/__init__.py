@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions of MouthMap and their compiled IR (``*.yaml``)."""
