@@ -19,12 +19,13 @@ demo: $(STAMP)
 	$(BIN)/mouthmap demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)
+	$(BIN)/ruff check src tests components pipelines
 	$(BIN)/python -m pytest -q --timeout=900
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests components pipelines
+	$(BIN)/ruff format --check src tests components pipelines
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests

@@ -90,7 +90,8 @@ def test_stack_commands_start_report_and_stop_s3(tmp_path):
 
     sd = str(tmp_path / "stack")
     try:
-        up = _cli("stack", "up", "--s3-port", str(free_port()), "--state-dir", sd)
+        up = _cli("stack", "up", "--s3-port", str(free_port()), "--state-dir", sd, "--no-mlflow",
+                  "--no-triton")  # fmt: skip
         assert up.exit_code == 0 and "S3 started at http://127.0.0.1:" in up.output
         assert _cli("stack", "status", "--state-dir", sd).exit_code == 0
         env = _cli("stack", "env", "--state-dir", sd).output

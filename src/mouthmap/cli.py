@@ -9,6 +9,11 @@ from pathlib import Path
 import typer
 
 from mouthmap.config import DEFAULT_PARAMS, ParamsError, load_params
+from mouthmap.dashboard.cli import dashboard_cmd
+from mouthmap.monitor.cli import drift_app
+from mouthmap.pipeline.cli import pipeline_app
+from mouthmap.registry.cli import registry_app
+from mouthmap.serving.cli import register as register_serving
 
 app = typer.Typer(help="MouthMap: lip reading small enough for a phone.", no_args_is_help=True)
 data_app = typer.Typer(help="Fetch, prepare and validate the GRID corpus.", no_args_is_help=True)
@@ -19,6 +24,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 app.add_typer(lm_app, name="lm")
 app.add_typer(models_app, name="models")
+app.add_typer(registry_app, name="registry")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(drift_app, name="drift")
+register_serving(app)  # serve build-repo|up|down|status, stream, proxy, loadtest
+app.command("dashboard")(dashboard_cmd)  # Streamlit app (mouthmap.dashboard)
 
 ParamsOpt = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="parameter file")
 
@@ -543,16 +553,33 @@ def distill(
 def stack_up_cmd(
     s3_port: int = typer.Option(8333, help="S3 port on 127.0.0.1 (0: any free port)"),
     state_dir: Path = typer.Option(None, help="where logs, pid files and data go"),
+    mlflow_port: int = typer.Option(5000, help="MLflow server port on 127.0.0.1 (0: any free)"),
+    mlflow: bool = typer.Option(True, help="start the MLflow tracking + registry server"),
+    triton: bool = typer.Option(True, help="start Triton with the streaming model"),
+    model: Path = typer.Option(None, help="model package Triton serves (default: the released)"),
+    triton_port: int = typer.Option(8001, help="Triton gRPC port (HTTP -1, metrics +1; 0: free)"),
 ) -> None:
-    """Start SeaweedFS S3 on loopback with the dvc and mlflow buckets."""
+    """Start SeaweedFS S3 on loopback with the dvc and mlflow buckets, MLflow on it, and
+    Triton serving the streaming model."""
+    from mouthmap.package import DEFAULT_PACKAGE
     from mouthmap.stack import StackError, stack_up
 
+    triton_model = (model or DEFAULT_PACKAGE) if triton else None
+    if triton and model is None and not (DEFAULT_PACKAGE / "mouthmap.json").is_file():
+        typer.echo(f"Triton: skipped, no released model at {DEFAULT_PACKAGE} (pass --model DIR)")
+        triton_model = None
     try:
-        info = stack_up(state_dir=state_dir, s3_port=s3_port)
-    except (StackError, OSError, TimeoutError) as e:
+        port = mlflow_port if mlflow else None
+        info = stack_up(state_dir=state_dir, s3_port=s3_port, mlflow_port=port,
+                        triton_model=triton_model, triton_grpc_port=triton_port)  # fmt: skip
+    except (StackError, OSError, TimeoutError, ValueError) as e:
         _fail(str(e))
     state = "already running" if info.reused else "started"
     typer.echo(f"S3 {state} at {info.endpoint_url} (buckets: {', '.join(info.buckets)})")
+    if info.mlflow_uri:
+        typer.echo(f"MLflow tracking + registry at {info.mlflow_uri} (artifacts on the S3)")
+    if info.triton_grpc:
+        typer.echo(f"Triton gRPC at {info.triton_grpc} (mouthmap stream VIDEO --url ...)")
     typer.echo('point DVC, boto3 and MLflow at it with: eval "$(mouthmap stack env)"')
 
 

@@ -169,6 +169,7 @@ def export_model(
     import tempfile
 
     from mouthmap.compress.export import export_onnx, max_abs_difference
+    from mouthmap.explain.checkpoints import file_sha256
     from mouthmap.package import git_commit, write_package
     from mouthmap.train.trainer import load_for_inference
 
@@ -192,7 +193,10 @@ def export_model(
             "lineage": {"git_commit": git_commit(),
                         "training_run_id": state.get("run_id"),
                         "epochs": len(state.get("history", [])),
-                        "data_version": data_version(params)},
+                        "data_version": data_version(params),
+                        # the PyTorch model behind the ONNX, for Grad-CAM (mouthmap.explain)
+                        "checkpoint": str(Path(checkpoint_path).resolve()),
+                        "checkpoint_sha256": file_sha256(checkpoint_path)},
         }  # fmt: skip
         return write_package(out_dir, onnx_path, meta, lm_dir=lm)
 

@@ -223,6 +223,31 @@ class MediaPipeLocaliser:
         out[:, 2] = pts[:, 2] * roi[2] / _LMK_SIZE
         return out, presence
 
+    def track_frame(
+        self, frame_rgb: np.ndarray, roi: tuple[float, float, float, float] | None
+    ) -> tuple[np.ndarray | None, float, tuple[float, float, float, float] | None, int]:
+        """One step of the face tracker: ``(landmarks or None, presence, next roi, detector
+        runs)``. ``roi`` is the previous step's (None: no track yet, so detect). A live stream
+        calls this frame by frame; :meth:`face_mesh` calls it over a clip, so both agree."""
+        detector_runs = 0
+        tracked = roi is not None
+        if roi is None:
+            detector_runs += 1
+            det = self.detect_face(frame_rgb)
+            if det is None:
+                return None, 0.0, None, detector_runs
+            roi = self._roi_from_detection(det)
+        pts, score = self._landmarks(frame_rgb, roi)
+        if score < self.min_presence and tracked:
+            # The track slipped off the face: look for it again in this frame.
+            detector_runs += 1
+            det = self.detect_face(frame_rgb)
+            if det is not None:
+                pts, score = self._landmarks(frame_rgb, self._roi_from_detection(det))
+        if score < self.min_presence or not np.isfinite(pts).all():
+            return None, score, None, detector_runs
+        return pts, score, self._roi_from_landmarks(pts), detector_runs
+
     def face_mesh(self, frames_rgb: np.ndarray) -> FaceMeshTrack:
         """Track the face through a clip: detect once, then follow the landmarks."""
         n = len(frames_rgb)
@@ -232,26 +257,10 @@ class MediaPipeLocaliser:
         roi: tuple[float, float, float, float] | None = None
         detector_runs = 0
         for i, frame in enumerate(frames_rgb):
-            tracked = roi is not None
-            if roi is None:
-                detector_runs += 1
-                det = self.detect_face(frame)
-                if det is None:
-                    continue
-                roi = self._roi_from_detection(det)
-            pts, score = self._landmarks(frame, roi)
-            if score < self.min_presence and tracked:
-                # The track slipped off the face: look for it again in this frame.
-                detector_runs += 1
-                det = self.detect_face(frame)
-                if det is not None:
-                    pts, score = self._landmarks(frame, self._roi_from_detection(det))
-            presence[i] = score
-            if score < self.min_presence or not np.isfinite(pts).all():
-                roi = None
-                continue
-            points[i], found[i] = pts, True
-            roi = self._roi_from_landmarks(pts)
+            pts, presence[i], roi, runs = self.track_frame(frame, roi)
+            detector_runs += runs
+            if pts is not None:
+                points[i], found[i] = pts, True
         return FaceMeshTrack(points, presence, found, detector_runs)
 
     def locate(self, frames_rgb: np.ndarray) -> MouthTrack:
