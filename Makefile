@@ -20,12 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)
-	$(BIN)/ruff check src tests components pipelines
+	$(BIN)/ruff check src tests components pipelines dashboard
 	$(BIN)/python -m pytest -q --timeout=900
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests components pipelines
-	$(BIN)/ruff format --check src tests components pipelines
+	$(BIN)/ruff check src tests components pipelines dashboard
+	$(BIN)/ruff format --check src tests components pipelines dashboard
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests

@@ -134,7 +134,7 @@ def test_a_sample_clip_is_read_live_and_its_saliency_rendered(dashboard, browser
     img = page.wait_for_selector(".st-key-saliency img", timeout=SLOW)
     page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img,
                            timeout=30_000)  # fmt: skip
-    assert img.evaluate("(img) => img.naturalWidth") == 288  # 96x96 ROI at 2x, then 288 wide
+    assert img.evaluate("(img) => img.naturalWidth") == 192  # the 96x96 ROI at twice the size
     assert page.locator("video").count() == 1
     assert page.get_by_text("Truth:").count() == 1
     assert page.get_by_text("local ONNX Runtime").count() >= 1  # the given Triton is down
@@ -179,7 +179,9 @@ def test_the_webcam_clip_is_read(dashboard, browser):
     page.get_by_text("Webcam").click()
     page.wait_for_selector(".st-key-final-transcript h3", timeout=SLOW)  # fake camera, 3 s
     assert page.inner_text(".st-key-final-transcript").strip()
-    assert page.get_by_text("75 frames, 3.00 s at 25 fps").count() == 1
+    caption = page.get_by_text("mouth found in").first.inner_text()
+    frames = int(caption.split(" frames,")[0])
+    assert 70 <= frames <= 76 and "at 25 fps" in caption, caption  # 3 s of the fake camera
     _idle(page)
     _no_exception(page)
     page.screenshot(path=str(SHOTS / "webcam.png"), full_page=True)
@@ -191,7 +193,7 @@ def test_the_webcam_clip_is_read(dashboard, browser):
     ("path", "marker", "text"),
     [
         ("registry", ".st-key-registry-empty", "no registry configured"),
-        ("benchmarks", ".st-key-bench-table", "ORT FP32"),
+        ("benchmarks", ".st-key-bench-table [data-testid='stDataFrame']", None),
         ("drift", ".st-key-drift-report iframe", None),
     ],
 )
@@ -204,7 +206,8 @@ def test_every_other_page_loads_without_errors(dashboard, browser, path, marker,
         page.wait_for_function(
             f"document.querySelector('{marker}').innerText.includes({text!r})", timeout=30_000
         )
-    if path == "benchmarks":
+    if path == "benchmarks":  # the table is drawn on a canvas; the caption is text
+        assert page.get_by_text("test cpu (2 cores)").count() == 1
         img = page.wait_for_selector(".st-key-bench-plot img")
         page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=img)
     if path == "drift":

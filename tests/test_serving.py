@@ -2,7 +2,8 @@
 partials, finals, limits and clean-up, the generated Triton repository, frame checks.
 
 The engine tests give it a stand-in encoder (frame k's pixel value says which symbol it
-shows), so they test the code around the model: what a client is told and what is freed.
+shows) and hand it batches of requests as Triton's sequence batcher does, so they test the
+code around the model: what a client is told, in which order, and what is freed.
 The real model, decoder and Triton are in ``test_serving_triton.py``.
 """
 
@@ -19,6 +20,7 @@ from mouthmap import alphabet
 from mouthmap.data import media, roi
 from mouthmap.data.mouth import get_localiser
 from mouthmap.serving.streams import (
+    Request,
     StreamEngine,
     StreamError,
     StreamLimits,
@@ -98,30 +100,39 @@ def _rois(symbols: str) -> np.ndarray:
 
 
 def _fake_encode(video: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    pixel = np.rint((video[0, 0, :, 0, 0] * 0.25 + 0.5) * 255 / 8).astype(int)
-    logp = np.full((1, len(pixel), alphabet.NUM_CLASSES), -20.0, np.float32)
-    logp[0, np.arange(len(pixel)), pixel] = 0.0
+    """(B, 1, T, H, W) -> (B, T, C): each frame's pixel value picks its symbol."""
+    pixel = np.rint((video[:, 0, :, 0, 0] * 0.25 + 0.5) * 255 / 8).astype(int)
+    logp = np.full((*pixel.shape, alphabet.NUM_CLASSES), -20.0, np.float32)
+    b, t = np.indices(pixel.shape)
+    logp[b, t, pixel] = 0.0
     return logp
 
 
 class Sender:
-    def __init__(self, gone: bool = False) -> None:
-        self.events, self.closed, self.gone = [], 0, gone
+    def __init__(self, cid: int, log: list, gone: bool = False) -> None:
+        self.cid, self.log, self.events, self.closed, self.gone = cid, log, [], 0, gone
 
 
 class Harness:
-    def __init__(self, **limits) -> None:
-        self.now = 0.0
-        self.calls = 0
+    """The engine with a stand-in encoder whose cost (``ms_per_frame``) moves a fake clock."""
 
-        def encode(video, lengths):
-            self.calls += 1
+    def __init__(self, batch_mode: str = "exact", ms_per_frame: float = 0.0, **limits) -> None:
+        self.now = 0.0
+        self.calls: list[tuple[int, ...]] = []  # clips' lengths per encoder call
+        self.log: list[tuple[int, str]] = []  # (stream, what) in the order it was sent
+
+        def run(video, lengths):
+            self.calls.append(tuple(int(n) for n in lengths))
+            self.now += ms_per_frame * int(lengths.sum()) / 1000
             return _fake_encode(video, lengths)
 
         def send(sender: Sender, ev) -> None:
             if sender.gone:
                 raise RuntimeError("Unable to send response: the client is gone")
             sender.events.append(ev)
+            kind = "error" if ev.error else "final" if ev.final else "partial"
+            self.log.append((sender.cid, kind))
+            sender.closed += ev.complete  # one response per request, flagged final
 
         def close(sender: Sender) -> None:
             if sender.gone:
@@ -129,16 +140,28 @@ class Harness:
             sender.closed += 1
 
         self.changes: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
+
+        def on_change(what: str, n: int) -> None:
+            self.changes[what] = n
+            self.totals[what] = self.totals.get(what, 0) + n
+
         self.engine = StreamEngine(
-            META, ".", encode, send, close, submit=lambda fn: fn(),
-            limits=StreamLimits(**limits), decoder="greedy", clock=lambda: self.now,
-            on_change=lambda what, n: self.changes.__setitem__(what, n),
+            META, ".", run, send, close, limits=StreamLimits(**limits), decoder="greedy",
+            batch_mode=batch_mode, clock=lambda: self.now, on_change=on_change,
         )  # fmt: skip
 
+    def req(self, cid, rois, start=False, end=False, gone=False, abort=False):
+        s = Sender(cid, self.log, gone)
+        return s, Request(s, cid, start=start, end=end, rois=rois, abort=abort)
+
+    def batch(self, *reqs) -> list[Sender]:
+        """One batch, as the sequence batcher hands it to the model."""
+        self.engine.execute([r for _, r in reqs])
+        return [s for s, _ in reqs]
+
     def request(self, cid, rois, start=False, end=False, gone=False, abort=False) -> Sender:
-        s = Sender(gone)
-        self.engine.accept(s, cid, start, end, rois, abort=abort)
-        return s
+        return self.batch(self.req(cid, rois, start, end, gone, abort))[0]
 
 
 def test_partials_arrive_while_frames_do_and_the_final_decodes_the_whole_stream():
@@ -154,6 +177,30 @@ def test_partials_arrive_while_frames_do_and_the_final_decodes_the_whole_stream(
     assert final.final and final.frames == 42 and final.text == "bin blue at f two"
     assert all(s.closed == 1 for s in senders)  # every request completed exactly once
     assert h.engine.active == 0 and h.changes["active"] == 0
+
+
+def test_a_batch_of_streams_gets_finals_first_then_partials_and_every_request_completed():
+    h = Harness(partial_every=8)
+    h.batch(*(h.req(cid, _rois("a" * 8), start=True) for cid in (1, 2, 3)))
+    assert h.calls == [(8,), (8,), (8,)]  # exact mode: one encoder call per clip, as offline
+    h.log.clear()
+    s1, s2, s3 = h.batch(h.req(1, _rois("b" * 8)), h.req(2, _rois("c" * 8), end=True),
+                         h.req(3, _rois("d" * 8)))  # fmt: skip
+    assert h.log == [(2, "final"), (1, "partial"), (3, "partial")]
+    assert s2.events[-1].text == "ac" and s1.events[-1].text == "ab"
+    assert (s1.closed, s2.closed, s3.closed) == (1, 1, 1)
+    assert h.engine.active == 2
+
+
+def test_a_padded_batch_runs_the_encoder_once_for_all_its_streams():
+    h = Harness(batch_mode="padded", partial_every=8)
+    first = h.batch(*(h.req(cid, _rois("a" * (8 + cid)), start=True) for cid in (1, 2, 3)))
+    assert [sorted(c) for c in h.calls] == [[9, 10, 11]]  # one call, each clip its own length
+    assert [s.events[-1].text for s in first] == ["a", "a", "a"]
+    h.calls.clear()
+    ends = h.batch(*(h.req(cid, _rois("_" + "xyz"[cid - 1] * 7), end=True) for cid in (1, 2, 3)))
+    assert [sorted(c) for c in h.calls] == [[17, 18, 19]]
+    assert [s.events[-1].text for s in ends] == ["ax", "ay", "az"]
 
 
 def test_a_stream_over_its_length_limit_is_ended_with_a_clear_error_and_freed():
@@ -185,6 +232,9 @@ def test_bad_rois_are_refused_naming_the_expected_shape_and_the_stream_goes_on()
         assert s.events[-1].error.code == "bad_input" and s.closed == 1
         if bad is not None:
             assert "uint8 [n, 96, 96]" in str(s.events[-1].error)
+    unreadable = Sender(3, h.log)
+    h.engine.execute([Request(unreadable, 0, error=StreamError("bad_input", "no START"))])
+    assert unreadable.events[-1].error.code == "bad_input" and unreadable.closed == 1
     end = h.request(3, _rois("b" * 8), end=True)
     assert end.events[-1].final and end.events[-1].frames == 16
 
@@ -209,7 +259,7 @@ def test_idle_and_never_ending_streams_expire_and_free_their_state():
         h.engine.expire()
         if t == 6:
             assert 1 not in h.engine.streams and 2 in h.engine.streams
-    assert h.engine.active == 0 and h.changes["expired"] == 1
+    assert h.engine.active == 0 and h.totals["expired"] == 2
     late = h.request(2, _rois("a"))
     assert "open for more than 30 s" in str(late.events[-1].error)
 
@@ -233,34 +283,36 @@ def test_abort_frees_the_stream_at_once_and_too_short_streams_are_refused_like_o
     assert "need at least 8" in str(short.events[-1].error)
 
 
-def test_partials_give_way_to_a_busy_encoder_and_resume_when_it_is_free():
-    import threading
+def test_partials_over_the_batch_budget_are_skipped_longest_waiting_first():
+    h = Harness(ms_per_frame=5.0, partial_every=8, partial_budget_ms=150, shed_busy=0)
+    h.batch(h.req(1, _rois("a" * 8), start=True), h.req(2, _rois("b" * 4), start=True),
+            h.req(3, _rois("c" * 4), start=True))  # fmt: skip
+    h.now += 10  # an idle while later
+    h.log.clear()
+    # frames since the last partial: 1: 8, 2: 12, 3: 36. Stream 3 goes first and its
+    # 36-frame partial (180 ms of encoder) spends the budget: the others are skipped, but
+    # their requests are completed
+    senders = h.batch(h.req(1, _rois("a" * 8)), h.req(2, _rois("b" * 8)), h.req(3, _rois("c" * 32)))
+    assert h.log == [(3, "partial")]
+    assert all(s.closed == 1 for s in senders) and h.totals["partials_shed"] == 2
+    h.now += 10
+    h.log.clear()
+    again = h.batch(h.req(1, _rois("a" * 8)), h.req(2, _rois("b" * 8)))
+    assert h.log == [(2, "partial"), (1, "partial")]  # 100 ms for stream 2, then room for 1
+    assert [s.events[-1].text for s in again] == ["a", "b"]
 
-    h = Harness(partial_every=8)
-    gate, entered = threading.Event(), threading.Event()
-    plain = h.engine.encode
 
-    def slow(video, lengths):  # stream 1's final holds the encoder
-        if video.shape[2] == 16:
-            entered.set()
-            gate.wait(10)
-        return plain(video, lengths)
-
-    h.engine.encode = slow
-    h.engine._submit = lambda fn: threading.Thread(target=fn).start()
-    h.request(1, _rois("a" * 8), start=True)
-    time.sleep(0.2)
-    h.request(1, _rois("b" * 8), end=True)
-    assert entered.wait(5)
-    busy = h.request(2, _rois("c" * 8), start=True)
-    time.sleep(0.2)
-    assert busy.closed == 1 and not busy.events  # completed at once, no partial
-    assert h.changes["partials_shed"] == 1
-    gate.set()
-    time.sleep(0.3)
-    free = h.request(2, _rois("d" * 8))
-    time.sleep(0.3)
-    assert free.events and free.events[-1].text == "cd"
+def test_a_saturated_instance_skips_partials_but_never_finals():
+    h = Harness(ms_per_frame=20.0, partial_every=8, partial_budget_ms=0, shed_busy=0.8)
+    h.request(1, _rois("a" * 8), start=True)  # 160 ms of work: not saturated
+    s = h.request(2, _rois("b" * 40), start=True)  # 800 ms: now busy 96% of the last second
+    assert len(s.events) == 1
+    busy = h.request(1, _rois("c" * 8))
+    assert busy.closed == 1 and not busy.events and h.totals["partials_shed"] == 1
+    final = h.request(2, _rois("d" * 8), end=True)
+    assert final.events[-1].final and final.events[-1].text == "bd"
+    h.now += 2.0  # idle again: partials resume
+    assert h.request(1, _rois("e" * 8)).events[-1].text == "ace"
 
 
 def test_stream_errors_carry_a_stable_code_in_their_message():

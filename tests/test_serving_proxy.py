@@ -31,7 +31,7 @@ def server(varied, tmp_path_factory):
     from mouthmap.serving.repository import RepoOptions, build_repo
 
     root = tmp_path_factory.mktemp("triton")
-    opts = RepoOptions(stream_instances=2, workers=2)
+    opts = RepoOptions(stream_instances=2)
     with triton(build_repo(varied, root / "repo", opts), root / "state") as ep:
         yield ep
 

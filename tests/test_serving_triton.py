@@ -42,7 +42,7 @@ def server(varied, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("triton")
     opts = RepoOptions(
-        limits=StreamLimits(**LIMITS), stream_instances=4, workers=2, queue_delay_us=5000
+        limits=StreamLimits(**LIMITS), stream_instances=2, queue_delay_us=5000
     )
     mp = pytest.MonkeyPatch()
     mp.setenv("MOUTHMAP_DRIFT_SINK", str(root / "drift"))  # the server inherits it at start
@@ -134,17 +134,17 @@ def test_bad_clients_leave_the_server_up_other_streams_unaffected_and_no_state_b
     runner.start()
     time.sleep(0.5)
 
-    garbage = g.InferInput("ROIS", [4, 96, 96], "UINT8")
+    garbage = g.InferInput("ROIS", [1, 4, 96, 96], "UINT8")
     garbage._raw_content = b"\x8b\x00garbage bytes"  # not 4*96*96 bytes
     assert "byte size" in _raw_request(server, garbage)
-    wrong = g.InferInput("ROIS", [8, 90, 90], "UINT8")
-    wrong.set_data_from_numpy(np.zeros((8, 90, 90), np.uint8))
+    wrong = g.InferInput("ROIS", [1, 8, 90, 90], "UINT8")
+    wrong.set_data_from_numpy(np.zeros((1, 8, 90, 90), np.uint8))
     assert "unexpected shape for input 'ROIS'" in _raw_request(server, wrong)
-    floats = g.InferInput("ROIS", [8, 96, 96], "FP32")
-    floats.set_data_from_numpy(np.zeros((8, 96, 96), np.float32))
+    floats = g.InferInput("ROIS", [1, 8, 96, 96], "FP32")
+    floats.set_data_from_numpy(np.zeros((1, 8, 96, 96), np.float32))
     assert "data-type" in _raw_request(server, floats) or "datatype" in _raw_request(server, floats)
-    ok_shape = g.InferInput("ROIS", [8, 96, 96], "UINT8")
-    ok_shape.set_data_from_numpy(np.zeros((8, 96, 96), np.uint8))
+    ok_shape = g.InferInput("ROIS", [1, 8, 96, 96], "UINT8")
+    ok_shape.set_data_from_numpy(np.zeros((1, 8, 96, 96), np.uint8))
     assert "START" in _raw_request(server, ok_shape, start=False)  # never started
 
     # a client that vanishes mid-stream (no END, connection closed)
@@ -196,12 +196,12 @@ def test_health_readiness_and_prometheus_metrics(server):
         assert name in m, name
 
 
-def test_concurrent_streams_meet_in_the_encoders_dynamic_batches(server, varied, offline):
+def test_concurrent_streams_meet_in_the_stream_models_batches(server, varied, offline):
     from mouthmap.package import ModelPackage
-    from mouthmap.serving.loadtest import _encoder_stats, prepare_clips, run_one
+    from mouthmap.serving.loadtest import _model_stats, prepare_clips, run_one
 
     clips = prepare_clips(ModelPackage.load(varied), [clip(c) for c in CLIPS[:2]], log=lambda m: 0)
-    before = _encoder_stats(_metrics(server))
+    before = _model_stats(_metrics(server))
     records: list = []
     threads = [threading.Thread(target=lambda k=k: records.append(
         run_one(server.grpc, clips[k % 2], 8, None, 30))) for k in range(8)]  # fmt: skip
@@ -209,7 +209,7 @@ def test_concurrent_streams_meet_in_the_encoders_dynamic_batches(server, varied,
         t.start()
     for t in threads:
         t.join(60)
-    after = _encoder_stats(_metrics(server))
+    after = _model_stats(_metrics(server))
     assert len(records) == 8 and all(r.ok for r in records), [r.error for r in records]
     batches = after["requests"] - before["requests"], after["executions"] - before["executions"]
     assert batches[0] / batches[1] > 1.05, batches  # more requests than executions: batched
@@ -262,7 +262,7 @@ def test_loadtest_reports_latency_and_throughput_and_checks_every_transcript(var
     lat = report["phases"]["latency"]
     assert lat["completed"] >= 2 and lat["final_ms"]["p95"] >= lat["final_ms"]["p50"] > 0
     assert lat["first_partial_ms"]["p50"] is not None
-    assert report["phases"]["no_batching"]["encoder"]["mean_batch"] == 1.0
+    assert report["phases"]["no_batching"]["stream_model"]["mean_batch"] == 1.0
     assert report["batching_speedup"] > 0
     _, md = write_report(report, tmp_path)
     text = md.read_text()

@@ -69,9 +69,17 @@ class OnnxRunner:
     """One ONNX Runtime session over a MouthMap model: ``video, lengths -> log_probs``.
 
     ``threads`` sets ``intra_op_num_threads`` (None: ORT's default, one per core); inter-op
-    parallelism stays at 1 because the graph is a chain."""
+    parallelism stays at 1 because the graph is a chain. ``spin=False`` lets idle worker threads
+    sleep instead of spin-waiting (a server sharing its cores with other processes; the
+    results are the same)."""
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        spin: bool = True,
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -84,6 +92,8 @@ class OnnxRunner:
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ORT moves a QuantizeLinear backwards over data-movement ops (Transpose, Reshape,
         # MaxPool) by default; in front of a float stem that turns its max-pool into ORT's slow
         # uint8 MaxPool (19 ms of a 64 ms clip here). Without the move: 47 ms. FP32 graphs have

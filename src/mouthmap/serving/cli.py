@@ -56,9 +56,18 @@ def build_repo_cmd(
         "python", help="python (ONNX Runtime in the Python backend) | onnxruntime (cluster image)"
     ),
     device: str = typer.Option("cpu", help="cpu | gpu (gpu needs --encoder-backend onnxruntime)"),
-    max_batch: int = typer.Option(16, help="largest encoder batch"),
-    dynamic_batching: bool = typer.Option(True, help="let Triton batch concurrent streams"),
-    queue_delay_us: int = typer.Option(2000, help="how long a request may wait to fill a batch"),
+    max_batch: int = typer.Option(
+        16, help="largest batch (streams per stream-model batch, clips per encoder batch)"
+    ),
+    dynamic_batching: bool = typer.Option(
+        True,
+        help="let Triton batch concurrent streams (sequence batcher) and whole clips "
+        "(dynamic batcher); off: batch size 1",
+    ),
+    queue_delay_us: int = typer.Option(
+        2000, help="how long a whole-clip request may wait to fill a batch"
+    ),
+    stream_instances: int = typer.Option(1, help="stream-model instances (processes)"),
     batch_mode: str = typer.Option(
         "exact", help="exact (each clip run alone: bit-identical to transcribe) | padded (fused)"
     ),
@@ -74,6 +83,7 @@ def build_repo_cmd(
     opts = _options(
         encoder_backend=encoder_backend, device=device, max_batch_size=max_batch,
         dynamic_batching=dynamic_batching, queue_delay_us=queue_delay_us, batch_mode=batch_mode,
+        stream_instances=stream_instances,
         model_file="model_fp32.onnx" if fp32 else "model.onnx", partial_every=partial_every,
         max_streams=max_streams, max_frames=int(max_seconds * 25), idle_timeout_s=idle_timeout,
     )  # fmt: skip
@@ -234,25 +244,38 @@ def loadtest_cmd(
     duration: float = typer.Option(20.0, help="seconds per phase (each is bounded by it)"),
     partial_every: int = typer.Option(8, help="frames between partial transcripts"),
     batch_mode: str = typer.Option("exact", help="exact | padded (see `serve build-repo`)"),
-    stream_instances: int = typer.Option(4, help="stream-model instances (processes)"),
+    stream_instances: int = typer.Option(1, help="stream-model instances (processes)"),
+    phases: str = typer.Option(
+        "latency,batching,no_batching", help="which phases, comma-separated (e.g. batching)"
+    ),
     out: Path = typer.Option(Path("reports/loadtest"), help="loadtest.json and .md here"),
 ) -> None:
     """Load test on loopback: latency at N real-time streams, throughput with and without
-    dynamic batching, every transcript checked against offline `mouthmap transcribe`."""
+    batching, every transcript checked against offline `mouthmap transcribe`. Exit 1 when a
+    stream failed or the server crashed."""
+    import shlex
+
     from mouthmap.serving.loadtest import LoadTestSettings, run_loadtest, write_report
 
     settings = LoadTestSettings(
         streams=streams, throughput_streams=throughput_streams, duration_s=duration,
         partial_every=partial_every, batch_mode=batch_mode, stream_instances=stream_instances,
+        phases=tuple(p.strip() for p in phases.split(",") if p.strip()),
     )  # fmt: skip
     videos = sorted(clips.glob("*.mp4")) if clips.is_dir() else [clips]
     if not videos:
         _fail(f"no .mp4 clips in {clips}")
-    report = run_loadtest(_package(model), videos, settings, log=lambda m: typer.echo(m, err=True))
+    try:
+        report = run_loadtest(
+            _package(model), videos, settings, log=lambda m: typer.echo(m, err=True)
+        )
+    except ValueError as e:
+        _fail(str(e))
+    report["command"] = "mouthmap " + shlex.join(sys.argv[1:])
     json_path, md_path = write_report(report, out)
     typer.echo(md_path.read_text())
     typer.echo(f"wrote {json_path} and {md_path}")
-    if report["failed_streams"]:
+    if report["failed_streams"] or report["server_crashes"]:
         raise typer.Exit(1)
 
 

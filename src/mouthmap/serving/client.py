@@ -100,8 +100,11 @@ class TritonStream:
         self.client.start_stream(callback=self._callback)
 
     def _callback(self, result: Any, error: Any) -> None:
-        if error is not None:
+        if error is not None:  # an error completes its request too
             self._emit(_error_event(error))
+            with self._done:
+                self.completed += 1
+                self._done.notify_all()
             return
         response = result.get_response()
         final = response.parameters.get("triton_final_response")
@@ -124,13 +127,13 @@ class TritonStream:
 
     def _infer(self, rois: np.ndarray, end: bool, abort: bool = False) -> None:
         g = self._grpc
-        arr = np.ascontiguousarray(rois, dtype=np.uint8).reshape(-1, ROI_SIZE, ROI_SIZE)
-        inp = g.InferInput(ROIS, list(arr.shape), "UINT8")
+        arr = np.ascontiguousarray(rois, dtype=np.uint8).reshape(1, -1, ROI_SIZE, ROI_SIZE)
+        inp = g.InferInput(ROIS, list(arr.shape), "UINT8")  # [1, n, 96, 96]: batch of one
         inp.set_data_from_numpy(arr)
         inputs = [inp]
         if abort:
-            flag = g.InferInput("ABORT", [1], "BOOL")
-            flag.set_data_from_numpy(np.array([True]))
+            flag = g.InferInput("ABORT", [1, 1], "BOOL")
+            flag.set_data_from_numpy(np.array([[True]]))
             inputs.append(flag)
         self.client.async_stream_infer(
             self.model,
@@ -142,7 +145,7 @@ class TritonStream:
         )
         self.started = True
         self.sent += 1
-        self.frames_sent += len(arr)
+        self.frames_sent += arr.shape[1]
 
     def send(self, rois: np.ndarray, end: bool = False) -> None:
         """The next ROIs of the stream, ``(n, 96, 96)`` uint8 (n may be 0 with ``end``)."""

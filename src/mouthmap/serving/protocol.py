@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-ENCODER_MODEL = "mouthmap_encoder"  # ONNX model, dynamic batching: video, lengths -> log_probs
+ENCODER_MODEL = "mouthmap_encoder"  # whole clips, dynamic batching: video, lengths -> log_probs
 STREAM_MODEL = "mouthmap_stream"  # decoupled, one sequence per stream: ROIs in, transcripts out
 
-# mouthmap_stream tensors
-ROIS = "ROIS"  # UINT8 [n, 96, 96]: the next n mouth crops of the stream (n may be 0)
-TEXT = "TEXT"  # BYTES [1]: the transcript so far (partial) or of the whole stream (final)
+# mouthmap_stream tensors, each with a batch dimension of 1 first (the sequence batcher
+# batches requests of different streams)
+ROIS = "ROIS"  # UINT8 [1, n, 96, 96]: the next n mouth crops of the stream (n may be 0)
+TEXT = "TEXT"  # BYTES [1, 1]: the transcript so far (partial) or of the whole stream (final)
 FRAMES = "FRAMES"  # INT32 [1]: frames the transcript covers
 IS_FINAL = "IS_FINAL"  # BOOL [1]: True once, for the final transcript after the END request
 SERVER_MS = "SERVER_MS"  # FP32 [1]: server time from the request's arrival to this response

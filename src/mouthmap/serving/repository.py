@@ -3,15 +3,18 @@
 ```
 repo/
   mouthmap_encoder/   config.pbtxt, 1/model.onnx (+ 1/model.py for the Python backend)
-  mouthmap_stream/    config.pbtxt, 1/model.py, 1/package/{mouthmap.json, lm/}
+  mouthmap_stream/    config.pbtxt, 1/model.py, 1/model.onnx, 1/package/{mouthmap.json, lm/}
   mouthmap-repo.json  what it was built from and with which options
 ```
 
-The encoder runs the package's deployable ``model.onnx`` (INT8 where the package has it)
-with dynamic batching. Here it runs ONNX Runtime inside Triton's Python backend, since the
-``tritonserver`` shipped in ``nvidia-pytriton`` has no ONNX Runtime backend; in the
-cluster image ``--encoder-backend onnxruntime`` serves the same file with Triton's own
-ONNX Runtime backend (the tensor names are the ONNX model's, so nothing else changes).
+Both models run the package's deployable ``model.onnx`` (INT8 where the package has it).
+``mouthmap_stream`` runs it itself, in ONNX Runtime inside its Python stub, on the batches
+of streams Triton's sequence batcher forms (``oldest`` strategy); it calls no other model
+(see :mod:`mouthmap.serving.backend.stream`). ``mouthmap_encoder`` serves whole clips
+(``video, lengths -> log_probs``) behind the dynamic batcher: here in ONNX Runtime inside
+Triton's Python backend, since the ``tritonserver`` shipped in ``nvidia-pytriton`` has no
+ONNX Runtime backend; in the cluster image ``--encoder-backend onnxruntime`` serves the
+same file with Triton's own ONNX Runtime backend (the tensor names are the ONNX model's).
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ from {module} import TritonPythonModel  # noqa: F401
 @dataclass(frozen=True)
 class RepoOptions:
     encoder_backend: str = "python"  # python (ONNX Runtime in the Python backend) | onnxruntime
-    max_batch_size: int = 16
-    dynamic_batching: bool = True
-    queue_delay_us: int = 2000  # how long the batcher may hold a request to fill a batch
+    max_batch_size: int = 16  # both models: clips per encoder batch, streams per stream batch
+    dynamic_batching: bool = True  # False: batch size 1 in both models
+    queue_delay_us: int = 2000  # how long the encoder's batcher may hold a request
+    stream_queue_delay_us: int = 0  # the same for the stream model's sequence batcher
     encoder_instances: int = 1
     ort_threads: int = 0  # ONNX Runtime intra-op threads (0: one per core)
     batch_mode: str = "exact"  # exact: per-request runs, as offline | padded: one fused call
@@ -60,8 +64,7 @@ class RepoOptions:
     model_file: str = "model.onnx"  # or model_fp32.onnx
     decoder: str = "beam"  # final transcripts: the package's beam search + KenLM, or greedy
     partial_decoder: str = "greedy"
-    stream_instances: int = 4  # stream-model processes: encoder calls in flight at once
-    workers: int = 4  # threads per stream-model instance (0: all work inside execute)
+    stream_instances: int = 1  # stream-model processes (each batches the streams it holds)
     limits: StreamLimits = field(default_factory=StreamLimits)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class RepoOptions:
             raise ValueError(f"batch mode {self.batch_mode!r}: use exact or padded")
         if self.max_batch_size < 1:
             raise ValueError("max batch size must be at least 1")
+        if self.stream_instances < 1 or self.encoder_instances < 1:
+            raise ValueError("each model needs at least one instance")
         for name in ("decoder", "partial_decoder"):
             if getattr(self, name) not in ("beam", "greedy"):
                 raise ValueError(f"{name} {getattr(self, name)!r}: use beam or greedy")
@@ -134,22 +139,28 @@ instance_group [ {{ count: {opts.encoder_instances} kind: {kind} }} ]
 def stream_config(opts: RepoOptions, prepare: dict) -> str:
     lim = opts.limits
     control = "int32_false_true: [ 0, 1 ]"
+    batch = opts.max_batch_size if opts.dynamic_batching else 1
     params = {
         **lim.as_params(),
         "decoder": opts.decoder,
         "partial_decoder": opts.partial_decoder,
-        "workers": opts.workers,
+        "batch_mode": opts.batch_mode,
+        "ort_threads": opts.ort_threads,
+        "provider": "cuda" if opts.device == "gpu" else "cpu",
         "prepare": json.dumps(prepare),  # clients read it to crop ROIs like the package
     }
+    # ROIS of different lengths share a batch (ragged: the model gets each request's own
+    # tensor); the oldest strategy takes at most one request per stream into a batch.
     return f"""name: "{STREAM_MODEL}"
 backend: "python"
-max_batch_size: 0
+max_batch_size: {batch}
 model_transaction_policy {{ decoupled: true }}
 input [
   {{
     name: "{ROIS}"
     data_type: TYPE_UINT8
     dims: [ -1, {ROI_SIZE}, {ROI_SIZE} ]
+    allow_ragged_batch: true
   }},
   {{
     name: "ABORT"
@@ -166,7 +177,10 @@ output [
 ]
 sequence_batching {{
   max_sequence_idle_microseconds: {int(lim.idle_timeout_s * 1e6)}
-  oldest {{ max_candidate_sequences: {lim.max_streams + 8} max_queue_delay_microseconds: 0 }}
+  oldest {{
+    max_candidate_sequences: {lim.max_streams + 8}
+    max_queue_delay_microseconds: {opts.stream_queue_delay_us}
+  }}
   control_input [
     {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START {control} }} ] }},
     {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END {control} }} ] }}
@@ -203,6 +217,7 @@ def build_repo(
     stream = tmp / STREAM_MODEL
     slim = stream / "1" / "package"  # what the stream model needs: settings and the LM
     slim.mkdir(parents=True)
+    shutil.copy(onnx, stream / "1" / "model.onnx")  # it runs the encoder itself
     (slim / "mouthmap.json").write_text(json.dumps(pkg.meta, indent=1) + "\n")
     if pkg.lm_dir is not None and pkg.lm_dir.is_dir():
         shutil.copytree(pkg.lm_dir, slim / pkg.meta["files"]["lm"])

@@ -1,43 +1,50 @@
 """Per-stream state of the streaming model, its limits, and the decoding it shares with
 ``mouthmap transcribe``. Plain Python: the Triton model (``backend/stream.py``) is a thin
 shell around :class:`StreamEngine`, and the unit tests drive the engine directly.
+
+The engine works on *batches* of requests, the way Triton's sequence batcher (``oldest``
+strategy) hands them to the model: at most one request of each stream per batch, many
+streams per batch. Everything for a batch happens in one call, on one thread: append the
+new ROIs, run the encoder for the streams that ended (final transcripts, sent first) and
+for those due a partial, decode, respond. There is no thread pool and no call to another
+model (see ``backend/stream.py`` for why).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mouthmap.runtime.transcriber import MIN_FRAMES
+from mouthmap.serving.batching import Run, run_batch
 from mouthmap.serving.protocol import ROI_SIZE
 
 log = logging.getLogger(__name__)
-
-Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]  # video (1,1,T,H,W), lengths -> (1,T,C)
 
 
 @dataclass(frozen=True)
 class StreamLimits:
     """What one stream may do; all enforced by the server, whatever the client says."""
 
-    max_streams: int = 64  # open streams at once; more are refused (a clear error)
+    max_streams: int = 64  # open streams per model instance; more are refused (a clear error)
     max_frames: int = 1500  # 60 s at 25 fps: longer streams are ended with an error
     max_chunk_frames: int = 250  # frames in one request
     idle_timeout_s: float = 10.0  # a stream silent this long is ended and its state freed
     max_duration_s: float = 300.0  # wall-clock life of a stream, idle or not
     partial_every: int = 8  # frames between partial transcripts (0: no partials)
     partial_window: int = 250  # partials decode at most the last N frames (bounded cost)
-    shed_partials: int = 1  # 1: skip a due partial while another encoder call is in flight
+    partial_budget_ms: float = 100.0  # encoder time a batch may spend on partials (0: no cap)
+    shed_busy: float = 0.8  # skip partials while the instance was busier than this share
+    #                         of the last second (0: never skip); finals are never skipped
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,6 +103,19 @@ def normalise(rois: np.ndarray, crop: int, mean: float, std: float) -> np.ndarra
 
 
 @dataclass
+class Request:
+    """One request of a stream as the model received it (``error``: it could not be read)."""
+
+    sender: Any
+    cid: int
+    start: bool = False
+    end: bool = False
+    rois: Any = None
+    abort: bool = False
+    error: StreamError | None = None
+
+
+@dataclass
 class Event:
     """What the engine sends back on a request's response sender."""
 
@@ -104,51 +124,78 @@ class Event:
     final: bool = False
     server_ms: float = 0.0
     error: StreamError | None = None
+    complete: bool = True  # this response also completes the request (Triton's final flag)
 
 
-@dataclass
 class StreamState:
-    cid: int
-    started: float
-    last_seen: float
-    rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 96, 96), np.uint8))
-    n: int = 0
-    pending: list[tuple[Any, float]] = field(default_factory=list)  # (sender, arrival)
-    ended: bool = False
-    scheduled: bool = False
-    last_partial: int = 0
+    """The ROIs of one open stream (grown geometrically: appends are O(1) amortised)."""
+
+    def __init__(self, cid: int, now: float) -> None:
+        self.cid, self.started, self.last_seen = cid, now, now
+        self.rois = np.zeros((0, ROI_SIZE, ROI_SIZE), np.uint8)
+        self.n = 0
+        self.ended = False
+        self.last_partial = 0
 
     def append(self, chunk: np.ndarray) -> None:
         need = self.n + len(chunk)
-        if need > len(self.rois):  # grow geometrically: appends stay O(1) amortised
+        if need > len(self.rois):
             grown = np.empty((max(need, 2 * len(self.rois), 64), *chunk.shape[1:]), np.uint8)
             grown[: self.n] = self.rois[: self.n]
             self.rois = grown
         self.rois[self.n : need] = chunk
         self.n = need
 
+    def free(self) -> None:
+        self.rois = self.rois[:0]
+
+
+class BusyMeter:
+    """Share of the last ``window`` seconds spent executing batches (the load signal that
+    sheds partials: a saturated instance answers finals and completes requests first)."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.spans: deque[tuple[float, float]] = deque()
+
+    def add(self, t0: float, t1: float) -> None:
+        self.spans.append((t0, t1))
+
+    def share(self, now: float, running_since: float | None = None) -> float:
+        lo = now - self.window
+        while self.spans and self.spans[0][1] <= lo:
+            self.spans.popleft()
+        busy = sum(min(b, now) - max(a, lo) for a, b in self.spans if b > lo)
+        if running_since is not None:
+            busy += now - max(running_since, lo)
+        return min(1.0, busy / self.window)
+
 
 class StreamEngine:
     """Streams by correlation id: ROIs in, partial transcripts while they arrive, the final
     transcript (the package's decoder, beam + KenLM) once the stream ends.
 
-    ``send(sender, event)`` delivers one event and ``close(sender)`` completes a request
-    (Triton: the empty response flagged final); both may raise when the client is gone,
-    which ends that stream only. Work runs on ``submit`` (a thread pool in Triton), one job
-    per stream at a time, so many streams keep the encoder's dynamic batcher busy.
+    ``run(video, lengths) -> log_probs`` is the encoder (ONNX Runtime in the same process);
+    a batch's clips go through :func:`~mouthmap.serving.batching.run_batch` (``batch_mode``).
+    ``send(sender, event)`` delivers one event, which completes its request when
+    ``event.complete`` (one response per request); ``close(sender)`` completes a request
+    with no response (Triton: the empty response flagged final); both may raise when the
+    client is gone,
+    which ends that stream only. :meth:`execute` and :meth:`expire` take one lock, so the
+    callbacks are never called from two threads at once.
     """
 
     def __init__(
         self,
         meta: dict[str, Any],
         package_dir: str | Path,
-        encode: Encoder,
+        run: Run,
         send: Callable[[Any, Event], None],
         close: Callable[[Any], None],
-        submit: Callable[[Callable[[], None]], Any],
         limits: StreamLimits | None = None,
         decoder: str = "beam",
         partial_decoder: str = "greedy",
+        batch_mode: str = "exact",
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, int], None] | None = None,
         observe: Callable[[np.ndarray, np.ndarray], None] | None = None,
@@ -156,55 +203,89 @@ class StreamEngine:
         """``observe(rois, log_probs)`` sees every finished stream (the drift monitor)."""
         self.meta = meta
         self.limits = limits or StreamLimits()
-        self.encode = encode
-        self._send, self._close, self._submit = send, close, submit
+        self.run = run
+        self.batch_mode = batch_mode
+        self._send, self._close = send, close
         self.clock = clock
         self.crop = int(meta["input"]["height"])
         self.mean = float(meta["normalisation"]["mean"])
         self.std = float(meta["normalisation"]["std"])
         self.decode_final = make_decoder(meta, package_dir, decoder)
         self.decode_partial = make_decoder(meta, package_dir, partial_decoder)
-        self._decode_lock = threading.Lock()  # pyctcdecode is pure Python: no gain in parallel
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.streams: dict[int, StreamState] = {}
-        self._in_flight = 0  # encoder calls running or waiting (partials and finals)
         self._ended: OrderedDict[int, str] = OrderedDict()  # recent ends, for clear errors
+        self.busy = BusyMeter()
         self.on_change = on_change or (lambda what, n: None)
         self.observe = observe
 
-    # -- requests --------------------------------------------------------------------------
-    def accept(
-        self, sender: Any, cid: int, start: bool, end: bool, rois: Any, abort: bool = False
-    ) -> None:
-        """One request of a stream: validate, append, schedule the stream's next job."""
-        now = self.clock()
+    # -- a batch ---------------------------------------------------------------------------
+    def execute(self, requests: list[Request]) -> None:
+        """Answer a batch of requests (of different streams): finals first, then partials
+        within the batch's budget, then complete the rest."""
+        with self.lock:
+            t0 = self.clock()
+            finals: list[tuple[StreamState, Any]] = []
+            partials: list[tuple[StreamState, Any]] = []
+            rest: list[Any] = []
+            for r in requests:
+                kind, st = self._accept(r, t0)
+                if kind == "final":
+                    finals.append((st, r.sender))
+                elif kind == "partial":
+                    partials.append((st, r.sender))
+                elif kind == "ack":
+                    rest.append(r.sender)
+            try:
+                self._finals(finals, t0)
+                rest += self._partials(partials, t0)
+                for sender in rest:
+                    self._finish(sender)
+            finally:
+                self.busy.add(t0, self.clock())
+
+    def _accept(self, r: Request, now: float) -> tuple[str, StreamState | None]:
+        """Validate one request and add its ROIs: ``final``, ``partial`` (due), ``ack``, or
+        ``done`` (already answered: an error, an abort, a too-short stream)."""
         try:
-            chunk = self._check_rois(rois)
-            with self.lock:
-                st = self._stream_for(cid, start, now)
-                if abort:
-                    self._drop(st, "aborted by the client")
-                    self.on_change("aborted", 1)
-                    raise _Done()
-                if st.ended:
-                    raise StreamError("ended", f"stream {cid} already received its END request")
-                if st.n + len(chunk) > self.limits.max_frames:
-                    self._fail(st, "too_long", self._too_long(st.n + len(chunk)))
-                    raise StreamError("too_long", self._too_long(st.n + len(chunk)))
-                st.append(chunk)
-                st.last_seen = now
-                st.pending.append((sender, now))
-                st.ended = end
-                schedule = not st.scheduled
-                st.scheduled = True
-            self.on_change("frames", len(chunk))
-            if schedule:
-                self._submit(lambda: self._run(st))
-        except _Done:
-            self._finish(sender)
+            if r.error is not None:
+                raise r.error
+            chunk = self._check_rois(r.rois)
+            st = self._stream_for(r.cid, r.start, now)
+            if r.abort:
+                self._drop(st, "aborted by the client")
+                self.on_change("aborted", 1)
+                self._finish(r.sender)
+                return "done", None
+            if st.ended:
+                raise StreamError("ended", f"stream {r.cid} already received its END request")
+            if st.n + len(chunk) > self.limits.max_frames:
+                why = self._too_long(st.n + len(chunk))
+                self._drop(st, why)
+                self.on_change("failed", 1)
+                raise StreamError("too_long", why)
         except StreamError as e:
             self.on_change("rejected", 1)
-            self._reply_error(sender, e)
+            self._reply_error(r.sender, e)
+            return "done", None
+        st.append(chunk)
+        st.last_seen = now
+        self.on_change("frames", len(chunk))
+        if r.end:
+            st.ended = True
+            self._drop(st, "it ended normally", free=False)
+            if st.n < MIN_FRAMES:
+                self.on_change("failed", 1)
+                n = st.n
+                st.free()
+                self._reply_error(r.sender, StreamError(
+                    "too_short", f"only {n} frames ({n / 25:.2f} s); need at least {MIN_FRAMES}"
+                ))  # fmt: skip
+                return "done", None
+            return "final", st
+        every = self.limits.partial_every
+        due = every and st.n >= max(every, MIN_FRAMES) and st.n - st.last_partial >= every
+        return ("partial" if due else "ack"), st
 
     def _too_long(self, n: int) -> str:
         lim = self.limits.max_frames
@@ -234,7 +315,7 @@ class StreamEngine:
                 raise StreamError(
                     "busy", f"the server has {len(self.streams)} open streams (its limit); retry"
                 )
-            st = StreamState(cid=cid, started=now, last_seen=now)
+            st = StreamState(cid, now)
             self.streams[cid] = st
             self._ended.pop(cid, None)
             self.on_change("started", 1)
@@ -246,105 +327,85 @@ class StreamEngine:
             raise StreamError("unknown_stream", f"stream {cid} is not open: {why}")
         return st
 
-    # -- work --------------------------------------------------------------------------------
-    def _run(self, st: StreamState) -> None:
-        """The stream's job: answer every pending request, then give the stream back."""
-        while True:
-            with self.lock:
-                if self.streams.get(st.cid) is not st:  # dropped meanwhile (error, expiry)
-                    pending, st.pending = st.pending, []
-                    st.scheduled = False
-                    done = True
-                else:
-                    pending, st.pending = st.pending, []
-                    n, ended, done = st.n, st.ended, False
-                    if not pending:
-                        st.scheduled = False
-                        return
-            if done:
-                for sender, _ in pending:
-                    self._finish(sender)
-                return
-            try:
-                if ended:
-                    self._final(st, n, pending)
-                    return
-                self._maybe_partial(st, n, pending)
-            except Exception as e:  # the model or decoder failed: end this stream only
-                log.exception("stream %s failed", st.cid)
-                with self.lock:
-                    self._fail(st, "internal", f"the server failed on this stream: {e}")
-                for sender, _ in pending:
-                    self._reply_error(sender, StreamError("internal", str(e)))
-                return
+    # -- work ----------------------------------------------------------------------------------
+    def _groups(self, items: list) -> list[list]:
+        """Encoder calls: one per clip (``exact``: as offline, bit for bit) or one fused call."""
+        if self.batch_mode == "padded":
+            return [items] if items else []
+        return [[it] for it in items]
 
-    def _maybe_partial(self, st: StreamState, n: int, pending: list) -> None:
-        every = self.limits.partial_every
-        sender, arrival = pending[-1]
-        due = every and n >= max(every, MIN_FRAMES) and n - st.last_partial >= every
-        if due and self.limits.shed_partials and self._busy():
-            due = False  # best effort: the encoder is busy, the next request tries again
-            self.on_change("partials_shed", 1)
-        if due:
-            lo = max(0, n - self.limits.partial_window) if self.limits.partial_window else 0
-            logp = self._encode(st.rois[lo:n])
-            with self._decode_lock:
+    def _encode(self, rois: list[np.ndarray]) -> list[np.ndarray]:
+        videos = [normalise(r, self.crop, self.mean, self.std) for r in rois]
+        lengths = [np.array([len(r)], np.int64) for r in rois]
+        return [out[0] for out in run_batch(self.run, videos, lengths, self.batch_mode)]
+
+    def _finals(self, finals: list[tuple[StreamState, Any]], t0: float) -> None:
+        for group in self._groups(finals):
+            try:
+                logps = self._encode([st.rois[: st.n] for st, _ in group])
+            except Exception as e:  # the model failed: these streams end with the reason
+                log.exception("encoder failed on %d final(s)", len(group))
+                for st, sender in group:
+                    self._failed(st, sender, e)
+                continue
+            for (st, sender), logp in zip(group, logps, strict=True):
+                try:
+                    text = self.decode_final(logp)
+                except Exception as e:
+                    log.exception("stream %s: decoder failed", st.cid)
+                    self._failed(st, sender, e)
+                    continue
+                ms = 1000 * (self.clock() - t0)
+                if self.observe is not None:
+                    try:
+                        self.observe(st.rois[: st.n], logp)
+                    except Exception:  # monitoring never fails a stream
+                        log.exception("stream %s: observer failed", st.cid)
+                n = st.n
+                st.free()
+                if self._deliver(st, sender, Event(text=text, frames=n, final=True, server_ms=ms)):
+                    self.on_change("completed", 1)
+
+    def _partials(self, due: list[tuple[StreamState, Any]], t0: float) -> list[Any]:
+        """Partials for as many due streams as the load allows (the longest-waiting first);
+        returns the senders still to complete (those whose partial was skipped)."""
+        lim = self.limits
+        skipped: list[Any] = []
+        if not due:
+            return skipped
+        if lim.shed_busy and self.busy.share(self.clock(), t0) > lim.shed_busy:
+            self.on_change("partials_shed", len(due))
+            return [sender for _, sender in due]
+        due = sorted(due, key=lambda item: item[0].n - item[0].last_partial, reverse=True)
+        groups = self._groups(due)
+        p0 = self.clock()
+        for i, group in enumerate(groups):
+            if lim.partial_budget_ms and i and 1000 * (self.clock() - p0) > lim.partial_budget_ms:
+                rest = [it for g in groups[i:] for it in g]
+                self.on_change("partials_shed", len(rest))
+                return skipped + [sender for _, sender in rest]
+            live = [(st, s) for st, s in group if self.streams.get(st.cid) is st]
+            skipped += [s for st, s in group if self.streams.get(st.cid) is not st]
+            if not live:
+                continue
+            spans = [(max(0, st.n - lim.partial_window) if lim.partial_window else 0, st.n)
+                     for st, _ in live]  # fmt: skip
+            try:
+                logps = self._encode(
+                    [st.rois[lo:hi] for (st, _), (lo, hi) in zip(live, spans, strict=True)]
+                )
+            except Exception as e:
+                log.exception("encoder failed on %d partial(s)", len(live))
+                for st, sender in live:
+                    self._failed(st, sender, e)
+                continue
+            for (st, sender), logp in zip(live, logps, strict=True):
                 text = self.decode_partial(logp)
-            st.last_partial = n
-            ms = 1000 * (self.clock() - arrival)
-            if not self._deliver(st, sender, Event(text=text, frames=n, server_ms=ms)):
-                return
-            self.on_change("partials", 1)
-        for s, _ in pending:
-            if not self._finish(s):
-                self._gone(st)
-                return
-
-    def _final(self, st: StreamState, n: int, pending: list) -> None:
-        sender, arrival = pending[-1]  # the END request: it came last
-        for s, _ in pending[:-1]:
-            self._finish(s)
-        with self.lock:
-            self.streams.pop(st.cid, None)
-            self._remember(st.cid, "it ended normally")
-            self.on_change("active", len(self.streams))
-        if n < MIN_FRAMES:
-            self.on_change("failed", 1)
-            self._reply_error(
-                sender,
-                StreamError(
-                    "too_short", f"only {n} frames ({n / 25:.2f} s); need at least {MIN_FRAMES}"
-                ),
-            )
-            return
-        logp = self._encode(st.rois[:n])
-        with self._decode_lock:
-            text = self.decode_final(logp)
-        ms = 1000 * (self.clock() - arrival)
-        if self.observe is not None:
-            try:
-                self.observe(st.rois[:n], logp)
-            except Exception:  # monitoring never fails a stream
-                log.exception("stream %s: observer failed", st.cid)
-        st.rois = st.rois[:0]
-        if self._deliver(st, sender, Event(text=text, frames=n, final=True, server_ms=ms)):
-            self._finish(sender)
-            self.on_change("completed", 1)
-
-    def _encode(self, rois: np.ndarray) -> np.ndarray:
-        video = normalise(rois, self.crop, self.mean, self.std)
-        with self.lock:
-            self._in_flight += 1
-        try:
-            return self.encode(video, np.array([[len(rois)]], np.int64))[0]
-        finally:
-            with self.lock:
-                self._in_flight -= 1
-
-    def _busy(self) -> bool:
-        """Another stream's encoder call is in flight or waiting in this engine."""
-        with self.lock:
-            return self._in_flight > 0
+                st.last_partial = st.n
+                ev = Event(text=text, frames=st.n, server_ms=1000 * (self.clock() - t0))
+                if self._deliver(st, sender, ev):
+                    self.on_change("partials", 1)
+        return skipped
 
     # -- delivery -------------------------------------------------------------------------------
     def _deliver(self, st: StreamState, sender: Any, event: Event) -> bool:
@@ -357,10 +418,15 @@ class StreamEngine:
             return False
 
     def _gone(self, st: StreamState) -> None:
-        with self.lock:
-            if self.streams.get(st.cid) is st:
-                self._drop(st, "its client disconnected")
+        if self.streams.get(st.cid) is st:
+            self._drop(st, "its client disconnected")
+        st.free()
         self.on_change("disconnected", 1)
+
+    def _failed(self, st: StreamState, sender: Any, err: Exception) -> None:
+        self._drop(st, f"the server failed on this stream: {err}")
+        self.on_change("failed", 1)
+        self._reply_error(sender, StreamError("internal", f"the server failed: {err}"))
 
     def _finish(self, sender: Any) -> bool:
         try:
@@ -370,57 +436,48 @@ class StreamEngine:
             return False
 
     def _reply_error(self, sender: Any, err: StreamError) -> None:
-        with contextlib.suppress(Exception):
-            self._send(sender, Event(error=err))
-        self._finish(sender)
+        try:
+            self._send(sender, Event(error=err))  # completes the request too
+        except Exception:
+            self._finish(sender)
 
-    # -- bookkeeping (callers hold self.lock) ---------------------------------------------------
+    # -- bookkeeping ----------------------------------------------------------------------------
     def _remember(self, cid: int, why: str) -> None:
         self._ended[cid] = why
         while len(self._ended) > 4096:
             self._ended.popitem(last=False)
 
-    def _drop(self, st: StreamState, why: str) -> None:
+    def _drop(self, st: StreamState, why: str, free: bool = True) -> None:
         if self.streams.get(st.cid) is st:
             del self.streams[st.cid]
+            self.on_change("active", len(self.streams))
         self._remember(st.cid, why)
-        st.rois = st.rois[:0]
-        self.on_change("active", len(self.streams))
-
-    def _fail(self, st: StreamState, code: str, why: str) -> None:
-        self._drop(st, why)
-        self.on_change("failed", 1)
-        pending, st.pending = st.pending, []
-        for sender, _ in pending:  # requests still waiting on this stream get the reason
-            self._reply_error(sender, StreamError(code, why))
+        if free:
+            st.free()
 
     def expire(self) -> list[int]:
         """End streams idle longer than ``idle_timeout_s`` or older than ``max_duration_s``
-        (a client that vanished, a stream that never ends). Returns their ids."""
-        now = self.clock()
+        (a client that vanished, a stream that never ends). Returns their ids. Their requests
+        were all answered already (a batch completes every request it gets)."""
         lim = self.limits
         out = []
         with self.lock:
+            now = self.clock()
             for st in list(self.streams.values()):
-                if st.scheduled:  # being worked on: its requests are answered first
-                    continue
                 if lim.idle_timeout_s and now - st.last_seen > lim.idle_timeout_s:
                     why = f"idle for more than {lim.idle_timeout_s:g} s; ended by the server"
                 elif lim.max_duration_s and now - st.started > lim.max_duration_s:
                     why = f"open for more than {lim.max_duration_s:g} s; ended by the server"
                 else:
                     continue
-                self._fail(st, "expired", why)
+                self._drop(st, why)
                 out.append(st.cid)
-        if out:
-            self.on_change("expired", len(out))
+            if out:
+                self.on_change("expired", len(out))
+                self.on_change("failed", len(out))
         return out
 
     @property
     def active(self) -> int:
         with self.lock:
             return len(self.streams)
-
-
-class _Done(Exception):
-    """Internal: the request is answered without a job (abort)."""
