@@ -55,18 +55,30 @@ def config_params(params: Params, name: str, out: Path, limit_train: int | None)
 def markdown_table(rows: list[dict[str, Any]], splits: Sequence[str], decoders: Sequence[str]):
     cols = [f"{s} {d}" for s in splits for d in decoders]
     lines = [
-        "| config | " + " | ".join(f"{c} WER" for c in cols) + " | train s |",
-        "|---|" + "---:|" * (len(cols) + 1),
+        "| config | "
+        + " | ".join(f"{c} WER" for c in cols)
+        + " | "
+        + " | ".join(f"{c} CER" for c in cols)
+        + " | train s |",
+        "|---|" + "---:|" * (2 * len(cols) + 1),
     ]
     for r in rows:
         cells = [r["label"]]
-        for s in splits:
-            for d in decoders:
-                v = r["wer"].get(s, {}).get(d)
-                cells.append("n/a" if v is None else f"{100 * v:.2f}%")
+        for metric in ("wer", "cer"):
+            for s in splits:
+                for d in decoders:
+                    v = r.get(metric, {}).get(s, {}).get(d)
+                    cells.append("n/a" if v is None else f"{100 * v:.2f}%")
         cells.append(f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _write(results: dict[str, Any], out: Path, splits, decoders) -> tuple[Path, Path]:
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    md_path.write_text(markdown_table(results["rows"], splits, decoders))
+    return json_path, md_path
 
 
 def run_ablation(
@@ -89,7 +101,14 @@ def run_ablation(
     plans = {name: config_params(params, name, out / name, limit_train) for name in configs}
     lm_dir = stages.build_language_model(params, out / "lm").arpa.parent  # one LM for all
     prepared = params.path(params.data.prepared_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    tp = params.train
+    results = {
+        "model": params.model.name, "seed": tp.seed, "epochs": tp.epochs,
+        "limit_train": limit_train if limit_train is not None else tp.limit_train,
+        "temperature": params.distill.temperature, "splits": list(splits),
+        "decoders": list(decoders), "rows": rows,
+    }  # fmt: skip
     for name, p in plans.items():
         t0 = time.perf_counter()
         result = distill(p, progress=progress)
@@ -105,16 +124,8 @@ def run_ablation(
             "wer": {s: {d: ev[s][d]["wer"] for d in decoders} for s in splits},
             "cer": {s: {d: ev[s][d]["cer"] for d in decoders} for s in splits},
         })  # fmt: skip
-    tp = params.train
-    results = {
-        "model": params.model.name, "seed": tp.seed, "epochs": tp.epochs,
-        "limit_train": limit_train if limit_train is not None else tp.limit_train,
-        "temperature": params.distill.temperature, "splits": list(splits),
-        "decoders": list(decoders), "rows": rows,
-    }  # fmt: skip
-    json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    md_path.write_text(markdown_table(rows, splits, decoders))
+        _write(results, out, splits, decoders)  # after each arm: a long run loses nothing
+    json_path, md_path = _write(results, out, splits, decoders)
     with tracking.run(tp.mlflow_uri, params.root, tp.experiment, "kd-ablation") as parent:
         import mlflow
 
