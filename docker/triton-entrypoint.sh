@@ -12,6 +12,6 @@ if [[ "$model" == models:/* ]]; then
   mouthmap registry download "$ref" --out /models/package
   model=/models/package
 fi
-mouthmap serve build-repo --model "$model" --out "$repo" \
+mouthmap serve build-repo "$model" "$repo" \
   --encoder-backend onnxruntime --device "${MOUTHMAP_DEVICE:-gpu}"
 exec tritonserver --model-repository="$repo" "$@"

@@ -137,6 +137,10 @@ def test_secrets_are_mounted_as_files_never_inlined(k8s_bin):  # noqa: F811
             c = (spec.get("initContainers") or spec["containers"])[0]
             env = {e["name"]: e.get("value") for e in c["env"]}
             assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/var/run/secrets/mouthmap/s3/credentials"
+        if resource.startswith("Deployment/mm-mouthmap-proxy"):  # the browsers' token
+            assert secrets == {"mouthmap-proxy"}, resource
+            env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+            assert env["MOUTHMAP_PROXY_TOKEN_FILE"] == "/var/run/secrets/mouthmap/proxy/token"
 
 
 def test_image_digest_pins_by_content(k8s_bin):  # noqa: F811

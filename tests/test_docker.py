@@ -81,8 +81,25 @@ def test_the_entry_points_are_real_commands():
                  ["registry", "download", "--help"], ["pipeline", "params"]):  # fmt: skip
         proc = subprocess.run([mouthmap, *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"mouthmap {' '.join(args)}: {proc.stderr[-2000:]}"
-    for opt in ("--encoder-backend", "--device", "--model", "--out"):
-        assert opt in entry
+
+
+def test_the_triton_entrypoint_builds_a_repository_with_its_own_command(tiny_package, tmp_path):
+    """The entry script's build-repo line, run as written (the image's ONNX Runtime backend,
+    on CPU here): the arguments it passes are the ones the CLI takes."""
+    import re
+    import shlex
+
+    entry = (ROOT / "docker" / "triton-entrypoint.sh").read_text()
+    line = re.search(r"^mouthmap serve build-repo .*?(?<!\\)$", entry.replace("\\\n", " "), re.M)
+    assert line, "no build-repo line in docker/triton-entrypoint.sh"
+    cmd = line.group(0).replace('"$model"', str(tiny_package))
+    cmd = cmd.replace('"$repo"', str(tmp_path / "repo")).replace("${MOUTHMAP_DEVICE:-gpu}", "cpu")
+    args = shlex.split(cmd)
+    proc = subprocess.run([str(BIN / "mouthmap"), *args[1:]], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = (tmp_path / "repo" / "mouthmap_encoder" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config  # Triton's own ONNX Runtime backend
 
 
 def _venv(path: Path) -> Path:

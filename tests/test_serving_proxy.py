@@ -210,3 +210,16 @@ def test_the_web_page_reads_lips_from_the_camera_in_headless_chromium(ws_url, tm
     assert errors == ""
     assert frames >= 25  # 3.2 s of the fake camera (25 fps; fewer when the CPU is busy)
     assert final.strip() and set(final) <= set(" abcdefghijklmnopqrstuvwxyz")
+
+
+def test_a_token_file_that_is_missing_or_empty_is_refused_before_listening(tmp_path):
+    from typer.testing import CliRunner
+
+    from mouthmap.cli import app
+
+    run = CliRunner().invoke
+    missing = run(app, ["proxy", "--token-file", str(tmp_path / "none"), "--port", "0"])
+    assert missing.exit_code == 2 and "cannot read the token file" in missing.output
+    (tmp_path / "empty").write_text("\n")
+    empty = run(app, ["proxy", "--token-file", str(tmp_path / "empty"), "--port", "0"])
+    assert empty.exit_code == 2 and "is empty" in empty.output

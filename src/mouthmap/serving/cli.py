@@ -215,6 +215,11 @@ def proxy_cmd(
     token: str = typer.Option(
         None, envvar="MOUTHMAP_PROXY_TOKEN", help="clients must send it (default: a random one)"
     ),
+    token_file: Path = typer.Option(
+        None,
+        envvar="MOUTHMAP_PROXY_TOKEN_FILE",
+        help="read the token from this file (a mounted Secret)",
+    ),
     max_fps: float = typer.Option(30.0, help="frames per second a client may send"),
     max_seconds: float = typer.Option(60.0, help="longest stream"),
     max_connections: int = typer.Option(32, help="browsers at once"),
@@ -226,6 +231,13 @@ def proxy_cmd(
 
     from mouthmap.serving.proxy import ProxySettings, create_app
 
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read the token file: {e}") from None
+        if not token:
+            raise typer.BadParameter(f"the token file {token_file} is empty")
     token = token or secrets.token_urlsafe(16)
     settings = ProxySettings(
         triton_url=triton, token=token, max_fps=max_fps, max_seconds=max_seconds,
