@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo demo-down test lint format clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# stack (S3, MLflow, Triton) + quick pipeline + gate/registry + serve + gRPC streams + dashboard
 demo: $(STAMP)
 	$(BIN)/mouthmap demo
+
+demo-down:  # stop the dashboard and the whole local stack that `make demo` started
+	@if [ -x $(BIN)/mouthmap ]; then $(BIN)/mouthmap demo down; else echo "nothing was installed"; fi
 
 test: $(STAMP)
 	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)

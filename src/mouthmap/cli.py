@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -618,50 +617,88 @@ def stack_status_cmd(state_dir: Path = typer.Option(None)) -> None:
 
 # --- demo ------------------------------------------------------------------------------------
 
+demo_app = typer.Typer(
+    help="The end-to-end demo: stack, pipeline, gate, serve, stream, dashboard "
+    "(`mouthmap demo`; `mouthmap demo down` stops it).",
+    invoke_without_command=True,
+)
+app.add_typer(demo_app, name="demo")
 
-@app.command()
+
+@demo_app.callback()
 def demo(
-    source: str = typer.Option(None, help="corpus to use (default: data.source in params)"),
+    ctx: typer.Context,
+    pipeline: bool = typer.Option(True, help="run the quick training pipeline (kfp.local)"),
+    profile: str = typer.Option("quick", help="pipeline profile: quick | full | FILE"),
+    sets: list[str] = typer.Option(None, "--set", "-s", help="a pipeline parameter NAME=VALUE"),
+    baseline: Path = typer.Option(
+        None, help="package registered as champion when there is none (default: the released)"
+    ),
+    clips_from: Path = typer.Option(
+        None,
+        help="corpus of the streamed test clips (default: ../shared/data/grid, else the sample)",
+    ),  # fmt: skip
+    clips: int = typer.Option(8, help="held-out test clips to stream through Triton"),
+    realtime: bool = typer.Option(False, help="stream each clip at 25 fps, like a camera"),
+    dashboard: bool = typer.Option(True, help="start the dashboard in the background"),
+    dashboard_port: int = typer.Option(8501, help="its port (taken or 0: a free one)"),
+    s3_port: int = typer.Option(8333, help="S3 port (0: any free)"),
+    mlflow_port: int = typer.Option(5000, help="MLflow port (0: any free)"),
+    triton_port: int = typer.Option(8001, help="Triton gRPC port (0: any free)"),
+    state_dir: Path = typer.Option(None, help="the stack's state dir (logs, pids)"),
     params_file: str = ParamsOpt,
 ) -> None:
-    """The main job on the embedded defaults: import, prepare and validate the data, then
-    read the held-out clips' lips with the released model."""
-    from mouthmap import stages
-
-    params = _params(params_file)
-    t0 = time.perf_counter()
-    typer.secho("1/4 import corpus", bold=True)
-    imported = stages.import_corpus(params, source)
-    typer.echo(imported.summary() if hasattr(imported, "summary") else str(imported))
-    typer.secho("2/4 prepare mouth ROIs and audio features", bold=True)
-    rep = stages.prepare_corpus(params)
-    typer.echo(
-        f"  {rep.prepared} prepared, {rep.skipped} up to date, {len(rep.rejected)} rejected; "
-        f"{rep.clips_per_second:.2f} clips/s; mouth missed in "
-        f"{100 * rep.miss_rate:.2f}% of frames; cache {_mb(rep.cache_bytes)}"
-    )
-    typer.secho("3/4 validate (Great Expectations)", bold=True)
-    usable = _report_quality(stages.validate_corpus(params), exit_when_bad=False)
-    data_summary(as_json=False, params_file=params_file)
-    _demo_read_lips(params)
-    typer.secho(f"demo finished in {time.perf_counter() - t0:.1f} s", fg=typer.colors.GREEN)
-    if not usable:
-        raise typer.Exit(1)
-
-
-def _demo_read_lips(params) -> None:
-    from mouthmap import stages
-    from mouthmap.evaluation.metrics import wer
-    from mouthmap.package import DEFAULT_PACKAGE
-
-    typer.secho("4/4 read lips: held-out test sentences, released model, beam+LM", bold=True)
-    if not DEFAULT_PACKAGE.is_dir():
-        typer.echo(f"  no released model at {DEFAULT_PACKAGE}; skipped")
+    """Start the local stack (S3, MLflow, Triton), run the training pipeline on the quick
+    profile, gate and register its model, serve the champion, stream held-out clips over
+    gRPC (transcript, truth, WER) and start the dashboard. Re-running reuses what runs."""
+    if ctx.invoked_subcommand is not None:
         return
-    readings = stages.read_held_out(params)
-    for r in readings:
-        mark = "ok" if r.text == r.truth else "!="
-        typer.echo(f"  {r.id:10s} {mark} {r.text:32s} (truth: {r.truth}; {r.elapsed_ms:.0f} ms)")
-    if readings:
-        score = wer([r.truth for r in readings], [r.text for r in readings])
-        typer.echo(f"  WER {100 * score:.1f}% over {len(readings)} unseen sentences")
+    from mouthmap.config import ParamsError
+    from mouthmap.demo import DemoError, DemoOptions, run_demo, summary
+    from mouthmap.package import DEFAULT_PACKAGE
+    from mouthmap.pipeline.runner import parse_assignments
+
+    try:
+        assignments = parse_assignments(sets or [])
+    except ParamsError as e:
+        _fail(str(e))
+    opts = DemoOptions(
+        state_dir=state_dir, baseline=baseline or DEFAULT_PACKAGE, pipeline=pipeline,
+        profile=profile, assignments=assignments, corpus=clips_from, clips=clips,
+        realtime=realtime, params_file=params_file, s3_port=s3_port, mlflow_port=mlflow_port,
+        triton_port=triton_port, dashboard=dashboard, dashboard_port=dashboard_port,
+    )  # fmt: skip
+
+    def echo(line: str) -> None:
+        bold = line[:1].isdigit() and line[1:2] == "/"
+        typer.secho(line, bold=bold)
+
+    try:
+        result = run_demo(opts, echo)
+    except (DemoError, ParamsError) as e:
+        done = getattr(e, "result", None)
+        if done is not None and done.steps:
+            typer.echo("\n" + done.table())
+        down = (
+            "make demo-down" if state_dir is None else f"mouthmap demo down --state-dir {state_dir}"
+        )
+        _fail(f"{e}\n(`{down}` stops what was started)", code=1)
+    typer.echo("")
+    typer.echo(result.table())
+    typer.echo("")
+    for line in summary(result):
+        typer.echo(line)
+    typer.secho(f"demo finished in {result.seconds:.0f} s", fg=typer.colors.GREEN)
+
+
+@demo_app.command("down")
+def demo_down_cmd(state_dir: Path = typer.Option(None, help="the stack's state dir")) -> None:
+    """Stop the dashboard and the whole local stack (Triton, MLflow, S3)."""
+    from mouthmap.demo import demo_down
+    from mouthmap.stack import StackError
+
+    try:
+        stopped = demo_down(state_dir)
+    except StackError as e:
+        _fail(str(e))
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

@@ -350,6 +350,28 @@ class HeldOutReading:
     elapsed_ms: float
 
 
+def held_out_clips(
+    params: Params,
+    corpus_dir: str | Path | None = None,
+    splits: Sequence[str] = ("test",),
+    limit: int | None = None,
+) -> list[corpus.Clip]:
+    """The clips of ``corpus_dir`` (default: the imported corpus) in the held-out
+    ``splits`` of the committed split file (sentences no model saw in training), with
+    their alignments. ``limit`` picks that many spread evenly over the split (every k-th
+    in id order), so a handful still covers GRID's commands, colours and letters."""
+    assignment = splits_mod.load(params.path(params.data.splits))
+    root = Path(corpus_dir) if corpus_dir is not None else params.path(params.data.raw_dir)
+    found = [
+        c for c in corpus.discover(root) if assignment.get(c.id) in splits and c.align is not None
+    ]
+    if limit is None or limit >= len(found):
+        return found
+    if limit <= 0:
+        return []
+    return [found[i * len(found) // limit] for i in range(limit)]
+
+
 def read_held_out(
     params: Params, package_dir: str | Path | None = None, splits: Sequence[str] = ("test",)
 ) -> list[HeldOutReading]:
@@ -359,11 +381,8 @@ def read_held_out(
     from mouthmap.runtime.transcriber import Transcriber
 
     runner = Transcriber(package_dir or DEFAULT_PACKAGE, decoder="beam")
-    assignment = splits_mod.load(params.path(params.data.splits))
     out = []
-    for clip in corpus.discover(params.path(params.data.raw_dir)):
-        if assignment.get(clip.id) not in splits or clip.align is None:
-            continue
+    for clip in held_out_clips(params, splits=splits):
         t = runner.transcribe(clip.video)
         truth = corpus.transcript(corpus.read_align(clip.align))
         out.append(HeldOutReading(clip.id, truth, t.text, t.elapsed_ms))

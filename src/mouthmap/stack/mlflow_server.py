@@ -41,7 +41,8 @@ def healthy(url: str, timeout: float = 5.0) -> bool:
         params={"max_results": 1},
         timeout=timeout,
     )
-    return r.status_code == 200
+    # JSON, not just 200: a web app on the port (Streamlit answers every path) is no MLflow
+    return r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json")
 
 
 class MLflowServer:
