@@ -41,9 +41,7 @@ def server(varied, tmp_path_factory):
     from mouthmap.serving.streams import StreamLimits
 
     root = tmp_path_factory.mktemp("triton")
-    opts = RepoOptions(
-        limits=StreamLimits(**LIMITS), stream_instances=2, queue_delay_us=5000
-    )
+    opts = RepoOptions(limits=StreamLimits(**LIMITS), stream_instances=2, queue_delay_us=5000)
     mp = pytest.MonkeyPatch()
     mp.setenv("MOUTHMAP_DRIFT_SINK", str(root / "drift"))  # the server inherits it at start
     try:
