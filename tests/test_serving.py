@@ -132,7 +132,7 @@ class Harness:
             sender.events.append(ev)
             kind = "error" if ev.error else "final" if ev.final else "partial"
             self.log.append((sender.cid, kind))
-            sender.closed += ev.complete  # one response per request, flagged final
+            sender.closed += 1  # every response completes its request (flagged final)
 
         def close(sender: Sender) -> None:
             if sender.gone:

@@ -9,9 +9,9 @@ STREAM_MODEL = "mouthmap_stream"  # decoupled, one sequence per stream: ROIs in,
 # batches requests of different streams)
 ROIS = "ROIS"  # UINT8 [1, n, 96, 96]: the next n mouth crops of the stream (n may be 0)
 TEXT = "TEXT"  # BYTES [1, 1]: the transcript so far (partial) or of the whole stream (final)
-FRAMES = "FRAMES"  # INT32 [1]: frames the transcript covers
-IS_FINAL = "IS_FINAL"  # BOOL [1]: True once, for the final transcript after the END request
-SERVER_MS = "SERVER_MS"  # FP32 [1]: server time from the request's arrival to this response
+FRAMES = "FRAMES"  # INT32 [1, 1]: frames the transcript covers
+IS_FINAL = "IS_FINAL"  # BOOL [1, 1]: True once, for the final transcript after the END request
+SERVER_MS = "SERVER_MS"  # FP32 [1, 1]: server time from the request's arrival to this response
 OUTPUTS = (TEXT, FRAMES, IS_FINAL, SERVER_MS)
 
 # mouthmap_encoder tensors: the ONNX model's own names, so the ONNX Runtime backend can

@@ -124,7 +124,6 @@ class Event:
     final: bool = False
     server_ms: float = 0.0
     error: StreamError | None = None
-    complete: bool = True  # this response also completes the request (Triton's final flag)
 
 
 class StreamState:
@@ -177,8 +176,8 @@ class StreamEngine:
 
     ``run(video, lengths) -> log_probs`` is the encoder (ONNX Runtime in the same process);
     a batch's clips go through :func:`~mouthmap.serving.batching.run_batch` (``batch_mode``).
-    ``send(sender, event)`` delivers one event, which completes its request when
-    ``event.complete`` (one response per request); ``close(sender)`` completes a request
+    ``send(sender, event)`` delivers one event and completes its request (one response
+    per request); ``close(sender)`` completes a request
     with no response (Triton: the empty response flagged final); both may raise when the
     client is gone,
     which ends that stream only. :meth:`execute` and :meth:`expire` take one lock, so the

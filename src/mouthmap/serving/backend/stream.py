@@ -175,9 +175,7 @@ class TritonPythonModel:
         # The response and the final flag in one send: sent apart, a client cancelling its
         # stream in between crashed Triton 2.51's gRPC frontend (SIGSEGV / "ASSERTION FAILED:
         # prior > 0" in sync.cc; 1 in ~8 over-long streams closed by their client here).
-        sender.send(
-            response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.complete else 0
-        )
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     @staticmethod
     def _close(sender) -> None:
