@@ -15,7 +15,7 @@ from mouthmap import alphabet
 from mouthmap.cli import app
 from mouthmap.config import load_params
 from mouthmap.train import checkpoint
-from mouthmap.train.distill import feature_kd, load_teacher, response_kd
+from mouthmap.train.distill import feature_kd, load_teacher, renormalise, response_kd
 from mouthmap.train.trainer import load_for_inference, train
 
 TINY_AUDIO = {
@@ -235,3 +235,73 @@ def test_loading_teachers_leaves_the_seeded_random_stream_alone(teachers):
     assert torch.equal(torch.get_rng_state(), before)
     assert all(not p.requires_grad for p in objective.audio.parameters())
     assert not objective.visual.training and not objective.audio.training
+
+
+# --- a released model package as the visual teacher -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_package(prepared_sample, teachers, tmp_path_factory) -> Path:
+    """The tiny visual teacher exported as a model package (FP32 ONNX, no checkpoint)."""
+    from mouthmap import stages
+
+    root = tmp_path_factory.mktemp("teacher_package")
+    params = load_params(
+        write_params(
+            root,
+            data={"prepared_dir": str(prepared_sample / "prepared")},
+            model={"name": "tiny_visual", "spec": TINY_SPEC},
+        )
+    )
+    return stages.export_model(params, teachers["visual"], root / "package").root
+
+
+def test_a_model_package_teaches_what_its_checkpoint_would(teachers, teacher_package):
+    from_package = load_teacher(teacher_package, "video", role="visual teacher")
+    from_checkpoint = load_teacher(teachers["visual"], "video")
+    assert not any(p.requires_grad for p in from_package.parameters())
+    x = torch.randn(2, 1, 20, 88, 88, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([20, 13])
+    a, b = from_package(x, lengths), from_checkpoint(x, lengths)
+    assert a.shape == b.shape == (2, 20, C)
+    assert torch.allclose(a[0], b[0], atol=1e-3)
+    assert torch.allclose(a[1, :13], b[1, :13], atol=1e-3)
+    assert from_package.input_normalisation == from_checkpoint.input_normalisation
+
+
+def test_mouthmap_distill_learns_from_a_model_package(prepared_sample, teacher_package, tmp_path):
+    params_file = _distill_params(
+        tmp_path, prepared_sample, {"visual": teacher_package, "audio": teacher_package},
+        audio_teacher=None,
+    )  # fmt: skip
+    result = CliRunner().invoke(app, ["distill", "-p", str(params_file)])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "runs" / "distill" / "history.json").read_text())
+    assert history[0]["train_kd"] > 0 and "train_feature" not in history[0]
+
+
+def test_a_package_for_another_alphabet_or_frame_rate_is_refused_by_name(teacher_package, tmp_path):
+    import shutil
+
+    def rewritten(name: str, change) -> Path:
+        pkg = shutil.copytree(teacher_package, tmp_path / name)
+        meta = json.loads((pkg / "mouthmap.json").read_text())
+        change(meta)
+        (pkg / "mouthmap.json").write_text(json.dumps(meta))
+        return pkg
+
+    apostrophe = rewritten("apostrophe", lambda m: m["alphabet"]["symbols"].append("'"))
+    refused = "apostrophe: the visual teacher is refused"
+    with pytest.raises(checkpoint.CheckpointError, match=refused):
+        load_teacher(apostrophe, "video", role="visual teacher")
+    at_50 = rewritten("at50", lambda m: m["input"].update(fps=50))
+    with pytest.raises(checkpoint.CheckpointError, match="at50: the teacher outputs 50 frames/s"):
+        load_teacher(at_50, "video")
+
+
+def test_a_teacher_normalised_otherwise_sees_its_own_normalisation():
+    pixels = torch.rand(1, 1, 4, 8, 8)
+    data, teacher = (0.5, 0.1), (0.4, 0.2)
+    x = (pixels - data[0]) / data[1]
+    assert torch.allclose(renormalise(x, data, teacher), (pixels - teacher[0]) / teacher[1])
+    assert renormalise(x, data, data) is x and renormalise(x, None, teacher) is x

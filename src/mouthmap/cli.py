@@ -512,7 +512,9 @@ def models_summary(
 
 @app.command()
 def distill(
-    visual_teacher: str = typer.Option(None, help="visual teacher checkpoint (distill.*)"),
+    visual_teacher: str = typer.Option(
+        None, help="visual teacher: a checkpoint or a model package directory (distill.*)"
+    ),
     audio_teacher: str = typer.Option(None, help="audio teacher checkpoint (distill.*)"),
     epochs: int = typer.Option(None, help="override train.epochs"),
     limit_train: int = typer.Option(None, help="use only the first N training clips"),

@@ -17,7 +17,11 @@ The objective adds to the student's CTC loss (all weights from ``params.distill`
 * optionally **audio response KD**: the same KL against the audio teacher's outputs.
 
 Teachers are loaded from checkpoints, frozen and kept in eval mode; a checkpoint made for
-another alphabet or frame rate, or of the wrong modality, is refused with its file named. The
+another alphabet or frame rate, or of the wrong modality, is refused with its file named. A
+visual teacher may also be a model package (a directory with ``mouthmap.json``, e.g. the released
+``models/mouthmap-student``): its FP32 ONNX runs in ONNX Runtime, so a released model can teach
+(born-again self-distillation) without its training checkpoint. A teacher whose input
+normalisation differs from the data's gets its input re-normalised. The
 projection is part of the training state (checkpoint key ``objective``, restored on
 ``--resume``) but not of the model: the exported student is the plain student.
 """
@@ -89,14 +93,47 @@ def feature_kd(
     return _masked_mean(1 - cos, mask)
 
 
+class PackageTeacher(nn.Module):
+    """A model package as a frozen visual teacher: ``video, lengths -> log_probs`` through its
+    FP32 ONNX in ONNX Runtime (gradients never flow into a teacher, so a graph is enough)."""
+
+    modality = "video"
+
+    def __init__(self, root: str | Path, role: str = "teacher"):
+        from mouthmap.package import ModelPackage, PackageError
+        from mouthmap.runtime.runner import OnnxRunner
+
+        super().__init__()
+        try:
+            self.package = ModelPackage.load(root)
+        except PackageError as e:
+            raise checkpoint.CheckpointError(f"{root}: the {role} is refused: {e}") from None
+        self.frame_rate = int(self.package.meta.get("input", {}).get("fps", checkpoint.FRAME_RATE))
+        self.input_normalisation = (self.package.mean, self.package.std)
+        # no spin-waiting: idle ORT threads would take the cores from the student's training step
+        self.runner = OnnxRunner(self.package.fp32_path, spin=False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = self.runner.run(x.detach().float().cpu().numpy(), lengths.cpu().numpy())
+        return torch.from_numpy(out).to(x.device)
+
+
 def load_teacher(
     path: str | Path, modality: str, device: torch.device | str = "cpu", role: str = "teacher"
 ) -> nn.Module:
-    """A frozen teacher in eval mode from a checkpoint; refused (``CheckpointError`` naming the
-    file) when made for another alphabet or frame rate, or when it reads another modality."""
+    """A frozen teacher in eval mode from a checkpoint (or, for video, a model package
+    directory); refused (``CheckpointError`` naming the file) when made for another alphabet or
+    frame rate, or when it reads another modality."""
     from mouthmap.train.trainer import load_for_inference
 
-    model, state = load_for_inference(path)  # checks format, alphabet and frame rate
+    if Path(path).is_dir():
+        model: nn.Module = PackageTeacher(path, role)
+        state: dict[str, Any] = {"model_name": f"package {model.package.meta.get('name')}"}
+    else:
+        model, state = load_for_inference(path)  # checks format, alphabet and frame rate
+        norm = state.get("normalisation")
+        if norm:
+            model.input_normalisation = (float(norm["mean"]), float(norm["std"]))
     if modality_of(model) != modality:
         raise checkpoint.CheckpointError(
             f"{path}: the {role} must read {modality}, but {state.get('model_name')!r} "
@@ -108,6 +145,17 @@ def load_teacher(
             f"{path}: the {role} outputs {rate} frames/s, not {checkpoint.FRAME_RATE}"
         )
     return model.to(device).eval().requires_grad_(False)
+
+
+def renormalise(
+    x: torch.Tensor, data: tuple[float, float] | None, teacher: tuple[float, float] | None
+) -> torch.Tensor:
+    """Video normalised with the data's (mean, std) re-expressed in the teacher's."""
+    if data is None or teacher is None:
+        return x
+    if abs(data[0] - teacher[0]) < 1e-6 and abs(data[1] - teacher[1]) < 1e-6:
+        return x
+    return (x * data[1] + data[0] - teacher[0]) / teacher[1]
 
 
 class DistillationObjective(CTCObjective):
@@ -134,6 +182,7 @@ class DistillationObjective(CTCObjective):
         self.visual: nn.Module | None = None
         self.audio: nn.Module | None = None
         self.projection: nn.Linear | None = None
+        self.data_normalisation: tuple[float, float] | None = None
 
     @classmethod
     def from_params(cls, params: Params) -> DistillationObjective:
@@ -178,6 +227,9 @@ class DistillationObjective(CTCObjective):
                     model.classifier.in_features, self.audio.classifier.in_features
                 ).to(device)
 
+    def bind_normalisation(self, norm: ds.Normalisation) -> None:
+        self.data_normalisation = (norm.mean, norm.std)
+
     def parameters(self) -> list[nn.Parameter]:
         own = list(self.projection.parameters()) if self.projection is not None else []
         return super().parameters() + own
@@ -214,6 +266,9 @@ class DistillationObjective(CTCObjective):
         if self.visual is not None:
             with torch.no_grad():
                 tx, tn, t_out = model_inputs(self.visual, batch, device)
+                tx = renormalise(
+                    tx, self.data_normalisation, getattr(self.visual, "input_normalisation", None)
+                )
                 t_log_probs = self.visual(tx, tn)
             parts["kd"] = response_kd(log_probs, t_log_probs, valid, t_out.to(device), T)
         if self.audio is not None:

@@ -99,6 +99,9 @@ class CTCObjective:
                 self.align_head = nn.Linear(model.classifier.in_features, len(WORDS) + 1)
             self.align_head.to(device)
 
+    def bind_normalisation(self, norm: ds.Normalisation) -> None:
+        """The pixel statistics the batches are normalised with (known once data loads)."""
+
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the objective itself (optimised with the model's)."""
         return list(self.align_head.parameters()) if self.align_head is not None else []

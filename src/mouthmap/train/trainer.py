@@ -174,6 +174,7 @@ def train(
     train_loader, val_loader, sampler, norm = _loaders(
         params, dinfo, with_audio, objective.needs_alignment
     )
+    objective.bind_normalisation(norm)
     trainable = [*model.parameters(), *objective.parameters()]
     opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = len(train_loader)
