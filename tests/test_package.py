@@ -181,6 +181,34 @@ def test_decoder_tuning_on_val_is_stored_in_the_package(tiny_package, prepared_s
         tune_decoder(pkg, prepared, split="test")
 
 
+def test_decoder_tuning_can_choose_the_lm_order_and_puts_that_lm_in_the_package(
+    tiny_package, prepared_sample, tmp_path
+):
+    from mouthmap import stages
+    from mouthmap.config import LMParams, load_params
+    from mouthmap.decode.lm import LMFiles
+
+    pkg = shutil.copytree(tiny_package, tmp_path / "pkg")
+    params = load_params(prepared_sample / "params.yaml")
+    params.lm.tune_orders = [2, 4]
+    best = stages.tune_package_decoder(params, pkg)
+    tuning = ModelPackage.load(pkg).meta["decoder_tuning"]
+    assert best["lm_order"] in (2, 4) and tuning["lm_order"] == best["lm_order"]
+    assert {row[1] for row in tuning["grid"]} == {2, 4}  # [wer, order, alpha, beta]
+    assert min(tuning["grid"])[0] == best["wer"]
+    arpa = LMFiles.in_dir(pkg / "lm").arpa.read_text()
+    assert f"\\{best['lm_order']}-grams:" in arpa and f"\\{best['lm_order'] + 1}-grams:" not in arpa
+    assert not (pkg / "lm.new").exists()
+    params.lm.tune_orders = []  # the package's own LM only
+    assert stages.tune_package_decoder(params, pkg)["lm_order"] is None
+    result = _cli("lm", "tune", "--model", pkg, "-p", prepared_sample / "params.yaml")
+    assert result.exit_code == 0, result.output
+    assert "LM order " in result.output
+    assert ModelPackage.load(pkg).meta["decoder_tuning"]["lm_order"] in (3, 4, 5)
+    with pytest.raises(ValueError, match="LM orders must be 2..6"):
+        LMParams(tune_orders=[4, 1])
+
+
 def test_held_out_clips_are_read_from_raw_video_next_to_their_truth(tiny_package, prepared_sample):
     from mouthmap import stages
     from mouthmap.config import load_params

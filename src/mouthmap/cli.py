@@ -241,22 +241,20 @@ def lm_tune(
     split: str = typer.Option("val", help="split to tune on (never test)"),
     params_file: str = ParamsOpt,
 ) -> None:
-    """Grid-search the LM weight (alpha) and word bonus (beta) on a split; store the best."""
+    """Grid-search the LM order (lm.tune_orders; the winner's LM replaces the package's),
+    LM weight (alpha) and word bonus (beta) on a split; store the best."""
     from mouthmap import stages
-    from mouthmap.evaluation.evaluate import tune_decoder
     from mouthmap.package import PackageError
 
     params = _params(params_file)
     try:
-        best = tune_decoder(
-            model, params.path(params.data.prepared_dir), split=split,
-            exclude=stages.quarantined_ids(params),
-        )  # fmt: skip
+        best = stages.tune_package_decoder(params, model, split=split)
     except (ValueError, FileNotFoundError, PackageError) as e:
         _fail(str(e))
+    order = f"LM order {best['lm_order']}, " if best["lm_order"] else ""
     typer.echo(
-        f"best on {best['clips']} {split} clips: alpha {best['alpha']}, beta {best['beta']} "
-        f"(beam+LM WER {best['wer']:.4f}); stored in {model}/mouthmap.json"
+        f"best on {best['clips']} {split} clips: {order}alpha {best['alpha']}, "
+        f"beta {best['beta']} (beam+LM WER {best['wer']:.4f}); stored in {model}"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -101,6 +101,15 @@ class DistillParams(_Section):
 class LMParams(_Section):
     order: int = Field(3, ge=1, le=6)
     dir: str = "runs/lm"
+    # orders the decoder tuning tries (on val) for a package's LM; empty: keep the built one
+    tune_orders: list[int] = Field(default_factory=lambda: [3, 4, 5])
+
+    @field_validator("tune_orders")
+    @classmethod
+    def _orders(cls, v: list[int]) -> list[int]:
+        if any(not 2 <= o <= 6 for o in v):
+            raise ValueError(f"LM orders must be 2..6 (KenLM loads bigrams and up), got {v}")
+        return v
 
 
 class DecoderParams(_Section):

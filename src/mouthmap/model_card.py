@@ -68,8 +68,10 @@ def render(meta: dict[str, Any]) -> str:
             "GMACs per second of video."
         )
     if decoder:
+        order = meta.get("decoder_tuning", {}).get("lm_order")
+        lm = f"{order}-gram word LM, " if order else ""
         out.append(
-            f"- Decoder: beam width {decoder.get('beam_width')}, LM weight alpha "
+            f"- Decoder: beam width {decoder.get('beam_width')}, {lm}LM weight alpha "
             f"{decoder.get('alpha')}, word bonus beta {decoder.get('beta')} (tuned on val)."
         )
     ms = evaluation.get("decode_ms_per_clip", {}).get("beam")

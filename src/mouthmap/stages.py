@@ -286,6 +286,19 @@ def evaluate_model(
     return results, write_report(results, params.path(out_dir or params.evaluate.out_dir))
 
 
+def tune_package_decoder(params: Params, package_dir: str | Path, split: str = "val") -> dict:
+    """Tune a package's beam search on ``split``: LM order (``lm.tune_orders``, LMs from the
+    training transcripts), LM weight and word bonus; the best are stored in the package."""
+    from mouthmap.evaluation.evaluate import tune_decoder
+
+    orders = params.lm.tune_orders
+    return tune_decoder(
+        package_dir, params.path(params.data.prepared_dir), split=split,
+        exclude=quarantined_ids(params),
+        lm_orders=orders, transcripts=train_transcripts(params) if orders else (),
+    )  # fmt: skip
+
+
 def release_model(
     params: Params,
     checkpoint_path: str | Path,
@@ -297,16 +310,14 @@ def release_model(
     """Checkpoint -> a finished package: export, tune the decoder on val, score val and test,
     record size, cost and training facts in ``mouthmap.json`` and write the model card."""
     from mouthmap import model_card
-    from mouthmap.evaluation.evaluate import tune_decoder
     from mouthmap.models.summary import summarise
     from mouthmap.package import ModelPackage, update_meta
     from mouthmap.train import checkpoint
 
     state = checkpoint.load(checkpoint_path)
     pkg = export_model(params, checkpoint_path, out_dir, lm_dir)
-    prepared = params.path(params.data.prepared_dir)
     if tune:
-        tune_decoder(pkg.root, prepared, exclude=quarantined_ids(params))
+        tune_package_decoder(params, pkg.root)
     results, _ = evaluate_model(params, pkg.root)
     cost = summarise(state["model_spec"] or state["model_name"])
     history = state.get("history", [])

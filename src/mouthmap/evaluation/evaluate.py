@@ -4,6 +4,7 @@ greedy and beam+LM, with the decoding time per clip."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -138,42 +139,76 @@ def tune_decoder(
     package_dir: str | Path,
     prepared_dir: str | Path,
     alphas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0),
-    betas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
+    betas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0),
     split: str = "val",
     exclude: Collection[str] = (),
+    lm_orders: Sequence[int] = (),
+    transcripts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Grid-search the LM weight and word bonus on ``split`` (never the test split) and
-    store the best pair in the package's decoder settings. Ties go to the smaller alpha."""
+    store the best pair in the package's decoder settings. Ties go to the smaller alpha.
+
+    With ``lm_orders`` the n-gram order is searched too: an LM of each order is estimated
+    from ``transcripts`` (the training split's) and the best on ``split`` replaces the
+    package's ``lm/``. On GRID's fixed six-word grammar longer contexts tie the letter to
+    the words around it, which a trigram cannot; too long an order only memorises."""
+    import tempfile
+
     from mouthmap.decode.beam import BeamDecoder
+    from mouthmap.decode.lm import LMFiles, build_lm
     from mouthmap.evaluation.metrics import wer
     from mouthmap.package import ModelPackage, update_meta
     from mouthmap.runtime.transcriber import Transcriber
 
     if split == "test":
         raise ValueError("tuning on the test split would make its error rates meaningless")
+    if lm_orders and not transcripts:
+        raise ValueError("searching the LM order needs the training transcripts to build LMs")
     runner = Transcriber(package_dir, decoder="greedy")
     prepared = Path(prepared_dir)
     refs, outputs = split_log_probs(runner, prepared, read_manifest(prepared), split, exclude)
     if not refs:
         raise ValueError(f"no prepared {split} clips in {prepared} to tune on")
     settings = dict(runner.package.meta.get("decoder", {}))
-    grid = []
-    for alpha in alphas:
-        for beta in betas:
-            beam = BeamDecoder(runner.package.lm_dir, **{**settings, "alpha": alpha, "beta": beta})
-            grid.append((wer(refs, [beam.decode(x) for x in outputs]), alpha, beta))
-    best_wer, alpha, beta = min(grid)
+    with tempfile.TemporaryDirectory(prefix="mouthmap-lm-") as tmp:
+        lms: dict[int | None, LMFiles | Path | None] = {}
+        if lm_orders:
+            for order in sorted(set(lm_orders)):
+                lms[order] = build_lm(list(transcripts), Path(tmp) / str(order), order=order)
+        else:
+            lms[None] = runner.package.lm_dir  # None: plain beam search
+        grid = []
+        for order, lm in lms.items():
+            for alpha in alphas:
+                for beta in betas:
+                    beam = BeamDecoder(lm, **{**settings, "alpha": alpha, "beta": beta})
+                    hyps = [beam.decode(x) for x in outputs]
+                    grid.append((wer(refs, hyps), order or 0, alpha, beta))
+        best_wer, order, alpha, beta = min(grid)  # ties: the lower order, then smaller alpha
+        if lm_orders:  # swap the winner in whole: an interruption leaves one complete LM
+            lm_dir = runner.package.root / "lm"
+            staged = lm_dir.with_name("lm.new")
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(lms[order].arpa.parent, staged)
+            shutil.rmtree(lm_dir, ignore_errors=True)
+            staged.rename(lm_dir)
+    files = {**runner.package.meta["files"], **({"lm": "lm"} if lm_orders else {})}
+    tuning: dict[str, Any] = {"split": split, "clips": len(refs), "wer": best_wer}
+    if lm_orders:
+        tuning["lm_order"] = order
+        tuning["grid"] = [list(g) for g in grid]  # [wer, order, alpha, beta]
+    else:
+        tuning["grid"] = [[w, a, b] for w, _, a, b in grid]
     update_meta(
         ModelPackage.load(package_dir),
         decoder={**settings, "alpha": alpha, "beta": beta},
-        decoder_tuning={
-            "split": split,
-            "clips": len(refs),
-            "wer": best_wer,
-            "grid": [list(g) for g in grid],
-        },  # fmt: skip
+        decoder_tuning=tuning,
+        files=files,
     )
-    return {"alpha": alpha, "beta": beta, "wer": best_wer, "split": split, "clips": len(refs)}
+    return {
+        "alpha": alpha, "beta": beta, "wer": best_wer, "split": split, "clips": len(refs),
+        "lm_order": order if lm_orders else None,
+    }  # fmt: skip
 
 
 def markdown_table(results: dict[str, Any]) -> str:

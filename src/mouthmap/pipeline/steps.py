@@ -219,11 +219,10 @@ def export_onnx(
 ) -> dict[str, float]:
     """Checkpoint -> model package (FP32 ONNX parity-checked, word LM), decoder tuned on val."""
     from mouthmap import stages
-    from mouthmap.evaluation.evaluate import tune_decoder
 
     params = _params(config, Path(package_dir).parent / "work-export", prepared_dir, quarantined)
     pkg = stages.export_model(params, Path(checkpoint_dir) / "best.pt", package_dir)
-    best = tune_decoder(pkg.root, params.path(params.data.prepared_dir), exclude=set(quarantined))
+    best = stages.tune_package_decoder(params, pkg.root)
     return {
         "onnx_max_abs_diff": float(pkg.meta["metrics"]["onnx_max_abs_diff"]),
         "fp32_mb": pkg.fp32_path.stat().st_size / 1e6,
