@@ -94,6 +94,36 @@ def test_augmentations_crop_flip_and_mask_in_time():
     assert 0 < len(changed) <= 15 and masked.shape == x.shape
 
 
+def test_affine_jitter_warps_every_frame_alike_and_changes_lighting():
+    yy, xx = np.mgrid[0:96, 0:96]
+    frame = ((np.hypot(yy - 48, xx - 30) < 12) * 200 + 20).astype(np.uint8)  # an off-centre disc
+    x = np.stack([frame] * 6)
+    rotated = dataset.RandomAffine(degrees=30)(x, np.random.default_rng(0))
+    assert rotated.shape == x.shape and rotated.dtype == np.uint8
+    assert all(np.array_equal(rotated[0], f) for f in rotated[1:])  # one warp for the clip
+    assert not np.array_equal(rotated[0], frame)
+    assert abs(int(rotated[0].sum()) - int(frame.sum())) < 0.05 * frame.sum()  # moved, not lost
+    lit = dataset.RandomAffine(brightness=0.2, contrast=0.5)(x, np.random.default_rng(1))
+    assert not np.array_equal(lit, x) and lit.min() >= 0 and lit.max() <= 255
+    assert np.array_equal(dataset.RandomAffine()(x, np.random.default_rng(2)), x)  # all off
+
+
+def test_training_augmentations_follow_the_parameters():
+    from mouthmap.config import TrainParams
+    from mouthmap.train.trainer import train_transforms
+
+    default = train_transforms(TrainParams())
+    assert [type(t) for t in default] == [
+        dataset.RandomCrop, dataset.HorizontalFlip, dataset.TimeMask
+    ]  # fmt: skip
+    tfs = train_transforms(TrainParams(rotate_degrees=5.0, time_masks=3))
+    assert isinstance(tfs[0], dataset.RandomAffine) and tfs[0].degrees == 5.0
+    assert [t.n for t in tfs if isinstance(t, dataset.TimeMask)] == [3]
+    assert not any(
+        isinstance(t, dataset.TimeMask) for t in train_transforms(TrainParams(time_masks=0))
+    )
+
+
 def test_collating_nothing_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         dataset.collate([])

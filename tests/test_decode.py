@@ -258,3 +258,65 @@ def test_beam_with_lm_decodes_a_3s_clip_in_a_few_milliseconds(lm: LMFiles):
         times.append(time.perf_counter() - t0)
     # ~2-5 ms on one core here; the bound only catches order-of-magnitude regressions.
     assert statistics.median(times) < 0.05
+
+
+# --- slot grammar rescoring ------------------------------------------------------------------
+
+
+def test_ctc_likelihood_sums_every_alignment_like_torch_ctc_loss():
+    import torch
+
+    from mouthmap.decode.grammar import ctc_log_likelihood
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (40, alphabet.NUM_CLASSES))
+    lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    texts = [SENTENCE, "see", "a", "x" * 30]  # a doubled letter needs a blank; 30 x's cannot fit
+    mine = ctc_log_likelihood(lp, texts)
+    targets = [torch.tensor(alphabet.encode(t)) for t in texts]
+    ref = -torch.nn.functional.ctc_loss(
+        torch.from_numpy(lp).unsqueeze(1).expand(-1, len(texts), -1), torch.cat(targets),
+        torch.full((len(texts),), 40), torch.tensor([len(t) for t in targets]), reduction="none",
+    ).numpy()  # fmt: skip
+    assert np.allclose(mine[:3], ref[:3], atol=1e-6)
+    assert mine[3] == -np.inf and ref[3] == -np.inf
+
+
+def test_slot_grammar_is_learnt_from_fixed_length_transcripts_and_travels_with_the_lm(tmp_path):
+    from mouthmap.decode.grammar import SlotGrammar
+
+    sentences = grid_sentences(400)
+    grammar = SlotGrammar.from_transcripts(sentences)
+    assert [set(s) for s in grammar.slots] == [set(w) for w in SLOTS.values()]
+    assert SlotGrammar.from_transcripts(["bin blue at f two now", "hello world"]) is None
+    files = build_lm(sentences, tmp_path / "lm")
+    assert SlotGrammar.load(files.grammar) == grammar
+    # words kept where they fit, in order; a missing slot gets its most frequent word
+    start = grammar.start("blue a two now")
+    assert start == [grammar.slots[0][0], "blue", grammar.slots[2][0], "a", "two", "now"]
+    build_lm([*sentences, "hello world"], tmp_path / "lm")  # no grammar any more: the file goes
+    assert not files.grammar.exists()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json"):
+        SlotGrammar.load(tmp_path / "bad.json")
+
+
+def test_grammar_rescoring_restores_a_letter_the_beam_search_drops(lm: LMFiles):
+    # the letter's frame leans to blank, as the real model's weakest slot does
+    pos = SENTENCE.index(" f ") + 1
+    lp = spike_log_probs(SENTENCE, {pos: {"<blank>": 0.6, "f": 0.3, "s": 0.05}})
+    assert BeamDecoder(lm).decode(lp) == "bin blue at two now"
+    decoder = BeamDecoder(lm, grammar=True)
+    assert decoder.decode(lp) == SENTENCE
+    assert decoder.decode(spike_log_probs("set red by a one soon")) == "set red by a one soon"
+    assert "grammar" in repr(decoder)
+
+
+def test_grammar_rescoring_needs_an_lm_that_has_a_grammar(lm: LMFiles, tmp_path: Path):
+    from mouthmap.decode.lm import LMError
+
+    with pytest.raises(LMError, match="no LM"):
+        BeamDecoder(None, grammar=True)
+    plain = build_lm(["hello world", "bin blue at f two now"], tmp_path / "free")
+    with pytest.raises(LMError, match=re.escape(str(plain.grammar))):
+        BeamDecoder(plain, grammar=True)

@@ -176,7 +176,9 @@ def test_decoder_tuning_on_val_is_stored_in_the_package(tiny_package, prepared_s
     best = tune_decoder(pkg, prepared, alphas=(0.0, 1.0), betas=(0.5, 2.0))
     meta = ModelPackage.load(pkg).meta
     assert (meta["decoder"]["alpha"], meta["decoder"]["beta"]) == (best["alpha"], best["beta"])
-    assert meta["decoder_tuning"]["clips"] == 3 and len(meta["decoder_tuning"]["grid"]) == 4
+    # 2 alphas x 2 betas, each without and with the slot grammar the sample's LM carries
+    assert meta["decoder_tuning"]["clips"] == 3 and len(meta["decoder_tuning"]["grid"]) == 8
+    assert meta["decoder"]["grammar"] == bool(min(meta["decoder_tuning"]["grid"])[4])
     with pytest.raises(ValueError, match="test split"):
         tune_decoder(pkg, prepared, split="test")
 
@@ -194,7 +196,8 @@ def test_decoder_tuning_can_choose_the_lm_order_and_puts_that_lm_in_the_package(
     best = stages.tune_package_decoder(params, pkg)
     tuning = ModelPackage.load(pkg).meta["decoder_tuning"]
     assert best["lm_order"] in (2, 4) and tuning["lm_order"] == best["lm_order"]
-    assert {row[1] for row in tuning["grid"]} == {2, 4}  # [wer, order, alpha, beta]
+    assert {row[1] for row in tuning["grid"]} == {2, 4}  # [wer, order, alpha, beta, grammar]
+    assert {row[4] for row in tuning["grid"]} == {0, 1}
     assert min(tuning["grid"])[0] == best["wer"]
     arpa = LMFiles.in_dir(pkg / "lm").arpa.read_text()
     assert f"\\{best['lm_order']}-grams:" in arpa and f"\\{best['lm_order'] + 1}-grams:" not in arpa

@@ -254,7 +254,8 @@ def lm_tune(
     order = f"LM order {best['lm_order']}, " if best["lm_order"] else ""
     typer.echo(
         f"best on {best['clips']} {split} clips: {order}alpha {best['alpha']}, "
-        f"beta {best['beta']} (beam+LM WER {best['wer']:.4f}); stored in {model}"
+        f"beta {best['beta']}{', grammar rescoring' if best['grammar'] else ''} "
+        f"(beam+LM WER {best['wer']:.4f}); stored in {model}"
     )
 
 

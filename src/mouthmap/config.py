@@ -72,6 +72,11 @@ class TrainParams(_Section):
     crop: int = Field(88, ge=16)
     flip_p: float = Field(0.5, ge=0, le=1)
     time_mask_frames: int = Field(10, ge=0)
+    time_masks: int = Field(1, ge=0)  # how many such masks per clip
+    rotate_degrees: float = Field(0.0, ge=0, le=45)  # per-clip rotation in [-d, d]
+    scale_jitter: float = Field(0.0, ge=0, lt=1)  # per-clip zoom in [1 - s, 1 + s]
+    brightness: float = Field(0.0, ge=0, le=1)  # per-clip offset, a fraction of full range
+    contrast: float = Field(0.0, ge=0, lt=1)  # per-clip gain in [1 - c, 1 + c]
     align_weight: float = Field(0.0, ge=0)  # per-frame word classification from the alignments
     limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), not random
@@ -118,6 +123,7 @@ class DecoderParams(_Section):
     alpha: float = 0.5  # LM weight
     beta: float = 1.0  # word insertion bonus
     beam_width: int = Field(16, ge=1)
+    grammar: bool = False  # rescore within the LM's slot grammar (decode/grammar.py); tuned on val
 
 
 class PackageParams(_Section):

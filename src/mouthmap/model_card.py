@@ -72,8 +72,11 @@ def render(meta: dict[str, Any]) -> str:
         lm = f"{order}-gram word LM, " if order else ""
         out.append(
             f"- Decoder: beam width {decoder.get('beam_width')}, {lm}LM weight alpha "
-            f"{decoder.get('alpha')}, word bonus beta {decoder.get('beta')} (tuned on val)."
-        )
+            f"{decoder.get('alpha')}, word bonus beta {decoder.get('beta')}"
+            + (", then rescored within the slot grammar of the training transcripts"
+               if decoder.get("grammar") else "")
+            + " (tuned on val)."
+        )  # fmt: skip
     ms = evaluation.get("decode_ms_per_clip", {}).get("beam")
     if ms:
         out.append(

@@ -70,6 +70,41 @@ class TimeMask:
         return x
 
 
+@dataclass(frozen=True)
+class RandomAffine:
+    """One small rotation, scaling and brightness/contrast change for the whole clip.
+
+    The same warp for every frame keeps the motion, which is what is read; it varies
+    head pose and lighting, which the 720 clips of one speaker barely do.
+    """
+
+    degrees: float = 0.0
+    scale: float = 0.0  # the size changes by a factor in [1 - scale, 1 + scale]
+    brightness: float = 0.0  # offset, a fraction of the 0..255 range, in [-b, b]
+    contrast: float = 0.0  # gain in [1 - c, 1 + c] about the clip mean
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        import cv2
+
+        out = x
+        if self.degrees or self.scale:
+            _, h, w = x.shape
+            angle = float(rng.uniform(-self.degrees, self.degrees))
+            zoom = float(rng.uniform(1 - self.scale, 1 + self.scale))
+            m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle, zoom)
+            out = np.stack(
+                [cv2.warpAffine(f, m, (w, h), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REFLECT) for f in x]
+            )  # fmt: skip
+        if self.brightness or self.contrast:
+            gain = float(rng.uniform(1 - self.contrast, 1 + self.contrast))
+            offset = 255.0 * float(rng.uniform(-self.brightness, self.brightness))
+            mean = float(out.mean())
+            out = np.clip((out.astype(np.float32) - mean) * gain + mean + offset, 0, 255)
+            out = out.astype(x.dtype)
+        return out
+
+
 def train_transforms(crop: int = 88) -> list[Transform]:
     return [RandomCrop(crop), HorizontalFlip(0.5), TimeMask(10, 1)]
 

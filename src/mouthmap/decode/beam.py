@@ -95,6 +95,18 @@ def _build(
     return BeamSearchDecoderCTC(Alphabet.build_alphabet(list(labels)), language_model)
 
 
+def _grammar(lm_files: LMFiles | None) -> Any:
+    from mouthmap.decode.grammar import SlotGrammar
+
+    if lm_files is None or not lm_files.grammar.is_file():
+        where = "no LM" if lm_files is None else f"no {lm_files.grammar}"
+        raise LMError(
+            f"grammar rescoring needs the LM's slot grammar but there is {where}: rebuild the "
+            "LM from fixed-length transcripts (`mouthmap lm build`) or set decoder.grammar false"
+        )
+    return SlotGrammar.load(lm_files.grammar)
+
+
 class BeamDecoder:
     """Beam search over one alphabet, with a word LM when ``lm`` (a directory holding
     ``lm.arpa`` + ``unigrams.txt``, or :class:`LMFiles`) is given, plain otherwise."""
@@ -109,7 +121,10 @@ class BeamDecoder:
         token_min_logp: float = DEFAULT_TOKEN_MIN_LOGP,
         unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET,
         labels: Sequence[str] = LABELS,
+        grammar: bool = False,
     ) -> None:
+        """``grammar``: rescore each transcript within the slot grammar of the LM's
+        ``grammar.json`` (:mod:`mouthmap.decode.grammar`); needs an LM that has one."""
         if beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {beam_width}")
         self.lm_files = _resolve(lm)
@@ -118,6 +133,11 @@ class BeamDecoder:
         self.beam_prune_logp = beam_prune_logp
         self.token_min_logp = token_min_logp
         self._decoder = _build(self.labels, self.lm_files, alpha, beta, unk_score_offset)
+        self.alpha = alpha
+        self.grammar = None
+        if grammar:
+            self.grammar = _grammar(self.lm_files)
+            self._kenlm = self._decoder._language_model._kenlm_model  # loaded once, shared
 
     def decode(self, log_probs: Any, length: int | None = None) -> str:
         """Best transcript of one clip's ``(T, C)`` log-probs (array or tensor)."""
@@ -129,12 +149,22 @@ class BeamDecoder:
             )
         if arr.shape[0] == 0:
             return ""
-        return self._decoder.decode(
+        text = self._decoder.decode(
             arr,
             beam_width=self.beam_width,
             beam_prune_logp=self.beam_prune_logp,
             token_min_logp=self.token_min_logp,
         )
+        return self.rescore(arr, text)
+
+    def rescore(self, log_probs: Any, text: str) -> str:
+        """``text`` (this decoder's beam result for ``log_probs``) moved to the best sentence of
+        the slot grammar near it; unchanged without a grammar."""
+        if self.grammar is None:
+            return text
+        from mouthmap.decode.grammar import rescore
+
+        return rescore(frames(log_probs), text, self.grammar, self._kenlm, self.alpha)
 
     def decode_batch(self, log_probs: Any, lengths: Sequence[int] | None = None) -> list[str]:
         """Transcripts of a ``(B, T, C)`` batch or list of ``(T, C)``; one process, in order."""
@@ -142,4 +172,5 @@ class BeamDecoder:
 
     def __repr__(self) -> str:
         lm = "no LM" if self.lm_files is None else str(self.lm_files.arpa)
-        return f"BeamDecoder({lm}, beam_width={self.beam_width})"
+        grammar = ", grammar" if self.grammar is not None else ""
+        return f"BeamDecoder({lm}, beam_width={self.beam_width}{grammar})"

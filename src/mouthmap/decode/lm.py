@@ -56,6 +56,13 @@ class LMFiles:
                 raise FileNotFoundError(f"language model file not found: {path}")
         return self
 
+    @property
+    def grammar(self) -> Path:
+        """The optional slot grammar beside the ARPA file (:mod:`mouthmap.decode.grammar`)."""
+        from mouthmap.decode.grammar import GRAMMAR_NAME
+
+        return Path(self.arpa).parent / GRAMMAR_NAME
+
     def words(self) -> list[str]:
         return [w for w in Path(self.unigrams).read_text().split() if w]
 
@@ -208,15 +215,23 @@ def build_lm(
     order: int = 3,
     vocabulary: Iterable[str] = (),
 ) -> LMFiles:
-    """Estimate a word LM from ``transcripts`` and write ``lm.arpa`` + ``unigrams.txt``.
+    """Estimate a word LM from ``transcripts`` and write ``lm.arpa`` + ``unigrams.txt``, and
+    ``grammar.json`` (the word set of each position) when all have the same word count.
 
     ``unigrams.txt`` lists the real words (no ``<s>``, ``</s>``, ``<unk>``), the list
     pyctcdecode uses to tell in-vocabulary words and word prefixes from unknown ones.
     """
+    from mouthmap.decode.grammar import SlotGrammar
+
     model = kneser_ney(transcripts, order=order, vocabulary=vocabulary)
     files = LMFiles.in_dir(out_dir)
     files.arpa.parent.mkdir(parents=True, exist_ok=True)
     files.arpa.write_text(arpa_text(model))
     words = sorted(g[0] for g in model[0] if g[0] not in (BOS, EOS, UNK))
     files.unigrams.write_text("".join(w + "\n" for w in words))
+    grammar = SlotGrammar.from_transcripts(transcripts)
+    if grammar is not None:
+        grammar.save(files.grammar)
+    else:
+        files.grammar.unlink(missing_ok=True)  # a stale one from other transcripts would lie
     return files

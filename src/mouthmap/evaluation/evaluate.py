@@ -179,12 +179,22 @@ def tune_decoder(
             lms[None] = runner.package.lm_dir  # None: plain beam search
         grid = []
         for order, lm in lms.items():
+            files = LMFiles.in_dir(lm) if isinstance(lm, Path) else lm
+            grammars = (False, True) if files is not None and files.grammar.is_file() else (False,)
             for alpha in alphas:
                 for beta in betas:
-                    beam = BeamDecoder(lm, **{**settings, "alpha": alpha, "beta": beta})
-                    hyps = [beam.decode(x) for x in outputs]
-                    grid.append((wer(refs, hyps), order or 0, alpha, beta))
-        best_wer, order, alpha, beta = min(grid)  # ties: the lower order, then smaller alpha
+                    for grammar in grammars:
+                        beam = BeamDecoder(
+                            lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": grammar}
+                        )
+                        if not grammar:
+                            plain = [beam.decode(x) for x in outputs]
+                            hyps = plain
+                        else:  # the same beam search, then the grammar's rescoring
+                            hyps = [beam.rescore(x, h) for x, h in zip(outputs, plain, strict=True)]
+                        grid.append((wer(refs, hyps), order or 0, alpha, beta, int(grammar)))
+        # ties: the lower order, then the smaller alpha and beta, then no grammar
+        best_wer, order, alpha, beta, grammar = min(grid)
         if lm_orders:  # swap the winner in whole: an interruption leaves one complete LM
             lm_dir = runner.package.root / "lm"
             staged = lm_dir.with_name("lm.new")
@@ -196,18 +206,17 @@ def tune_decoder(
     tuning: dict[str, Any] = {"split": split, "clips": len(refs), "wer": best_wer}
     if lm_orders:
         tuning["lm_order"] = order
-        tuning["grid"] = [list(g) for g in grid]  # [wer, order, alpha, beta]
-    else:
-        tuning["grid"] = [[w, a, b] for w, _, a, b in grid]
+    tuning["grid_columns"] = ["wer", "lm_order", "alpha", "beta", "grammar"]
+    tuning["grid"] = [list(g) for g in grid]  # lm_order 0: the package's own LM
     update_meta(
         ModelPackage.load(package_dir),
-        decoder={**settings, "alpha": alpha, "beta": beta},
+        decoder={**settings, "alpha": alpha, "beta": beta, "grammar": bool(grammar)},
         decoder_tuning=tuning,
         files=files,
     )
     return {
         "alpha": alpha, "beta": beta, "wer": best_wer, "split": split, "clips": len(refs),
-        "lm_order": order if lm_orders else None,
+        "lm_order": order if lm_orders else None, "grammar": bool(grammar),
     }  # fmt: skip
 
 
