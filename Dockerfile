@@ -23,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.* git=1:2.39.* \
     && rm -rf /var/lib/apt/lists/*
-RUN useradd --create-home --uid 1000 mouthmap
+# UID 10001: what the Helm chart runs every pod as (values.yaml securityContext)
+RUN useradd --create-home --uid 10001 mouthmap
 WORKDIR /app
 
 # --- pipeline: every Kubeflow component (data, training, compression, registry) --------------
@@ -44,7 +45,7 @@ COPY components components
 COPY pipelines pipelines
 COPY mlops mlops
 RUN chown -R mouthmap /app
-USER 1000
+USER 10001
 ENTRYPOINT ["mouthmap"]
 CMD ["--help"]
 
@@ -54,7 +55,7 @@ COPY pyproject.toml README.md ./
 COPY docker/install.sh docker/install.sh
 COPY src src
 RUN TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" bash docker/install.sh proxy
-USER 1000
+USER 10001
 EXPOSE 8080
 ENTRYPOINT ["mouthmap", "proxy"]
 CMD ["--host", "0.0.0.0", "--port", "8080", "--triton", "triton:8001"]

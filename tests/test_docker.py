@@ -147,3 +147,15 @@ def test_install_script_refuses_an_unknown_target():
     proc = subprocess.run(["bash", str(ROOT / "docker" / "install.sh"), "gpu"],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "unknown target gpu" in proc.stderr
+
+
+def test_the_images_run_as_the_user_the_helm_chart_runs_pods_as():
+    import yaml
+
+    values = yaml.safe_load((ROOT / "charts" / "mouthmap" / "values.yaml").read_text())
+    uid = values["securityContext"]["runAsUser"]
+    assert values["podSecurityContext"]["runAsUser"] == uid
+    text = DOCKERFILE.read_text()
+    assert f"--uid {uid} " in text
+    users = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    assert users and set(users) == {str(uid)}
