@@ -35,7 +35,7 @@ def local_runner(tmp_path):
 
 def _run(pipeline, **args) -> runner.LocalRun:
     """Run with the same step timer as `mouthmap pipeline run --local`."""
-    timer = runner._StepTimer(sys.stdout)
+    timer = runner.StepTimer(sys.stdout)
     with contextlib.redirect_stdout(timer):
         pipeline(**args)
     return runner.LocalRun("SUCCESS", 0.0, list(timer.steps.values()))

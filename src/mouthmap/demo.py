@@ -255,25 +255,15 @@ def _ensure_baseline(reg, baseline: Path | None, echo: Echo) -> str:
 
 def _progress(file: Any, echo: Echo, console: Any):
     """A stand-in for stdout while kfp.local runs: its output goes to ``file``, and each
-    finished step is echoed to ``console`` as one line (the step timer of
-    :mod:`mouthmap.pipeline.runner` reads the same lines)."""
-    from mouthmap.pipeline.runner import _StepTimer
+    finished step is echoed to ``console`` as one line."""
+    from mouthmap.pipeline.runner import StepTimer
 
-    class Progress(_StepTimer):
-        def __init__(self, stream: Any) -> None:
-            super().__init__(stream)
-            self.reported: set[str] = set()
+    def report(step: Any) -> None:  # a pipeline.runner.StepTime
+        secs = f"{step.seconds:7.1f} s" if step.seconds is not None else ""
+        with contextlib.redirect_stdout(console):
+            echo(f"  {step.name:<26} {step.status:<8} {secs}")
 
-        def feed(self, line: str, when: float) -> None:
-            super().feed(line, when)
-            for name, s in self.steps.items():
-                if s.status != "RUNNING" and name not in self.reported:
-                    self.reported.add(name)
-                    secs = f"{s.seconds:7.1f} s" if s.seconds is not None else ""
-                    with contextlib.redirect_stdout(console):
-                        echo(f"  {name:<26} {s.status:<8} {secs}")
-
-    return Progress(file)
+    return StepTimer(file, on_finished=report)
 
 
 def _pipeline(opts: DemoOptions, result: DemoResult, log: Path, echo: Echo) -> str:

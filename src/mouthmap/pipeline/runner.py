@@ -10,6 +10,7 @@ import io
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,16 @@ class LocalRun:
         return "\n".join(lines)
 
 
-class _StepTimer(io.TextIOBase):
+class StepTimer(io.TextIOBase):
     """Per-step wall times from kfp.local's "Executing task" / "Task ... finished" lines.
 
     kfp.local replaces the root logger's handlers while it runs and logs to ``sys.stdout``,
-    so the timer stands in for stdout (passing everything through) rather than logging."""
+    so the timer stands in for stdout (passing everything through) rather than logging.
+    ``on_finished`` is called with each step as it ends (the demo echoes it)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, on_finished: Callable[[StepTime], None] | None = None) -> None:
         self.stream = stream
+        self.on_finished = on_finished
         self.started: dict[str, float] = {}
         self.steps: dict[str, StepTime] = {}
         self._buf = ""
@@ -146,9 +149,12 @@ class _StepTimer(io.TextIOBase):
             self.steps.setdefault(m.group(1), StepTime(m.group(1)))
         elif m := _END.search(msg):
             step = self.steps.setdefault(m.group(1), StepTime(m.group(1)))
+            first = step.status == "RUNNING"  # kfp.local may log the end twice
             step.status = m.group(2)
             if m.group(1) in self.started:
                 step.seconds = round(when - self.started[m.group(1)], 2)
+            if first and self.on_finished is not None:
+                self.on_finished(step)
 
 
 def run_local(
@@ -170,7 +176,7 @@ def run_local(
         raise_on_error=True, enable_caching=cache,
     )  # fmt: skip
     pipeline = _pipeline_module().build()
-    timer = _StepTimer(sys.stdout)
+    timer = StepTimer(sys.stdout)
     t0 = time.perf_counter()
     status, error = "SUCCESS", None
     try:
