@@ -110,17 +110,16 @@ def test_affine_jitter_warps_every_frame_alike_and_changes_lighting():
 
 def test_training_augmentations_follow_the_parameters():
     from mouthmap.config import TrainParams
-    from mouthmap.train.trainer import train_transforms
 
-    default = train_transforms(TrainParams())
+    default = dataset.train_transforms(TrainParams())
     assert [type(t) for t in default] == [
         dataset.RandomCrop, dataset.HorizontalFlip, dataset.TimeMask
     ]  # fmt: skip
-    tfs = train_transforms(TrainParams(rotate_degrees=5.0, time_masks=3))
+    tfs = dataset.train_transforms(TrainParams(rotate_degrees=5.0, time_masks=3))
     assert isinstance(tfs[0], dataset.RandomAffine) and tfs[0].degrees == 5.0
     assert [t.n for t in tfs if isinstance(t, dataset.TimeMask)] == [3]
     assert not any(
-        isinstance(t, dataset.TimeMask) for t in train_transforms(TrainParams(time_masks=0))
+        isinstance(t, dataset.TimeMask) for t in dataset.train_transforms(TrainParams(time_masks=0))
     )
 
 

@@ -160,7 +160,7 @@ def train_loader(
     from mouthmap.data import dataset as ds
 
     data = ds.GridDataset(
-        prepared_dir, ("train",), ds.train_transforms(88), ds.Normalisation(mean, std),
+        prepared_dir, ("train",), ds.train_transforms(), ds.Normalisation(mean, std),
         seed=settings.seed, exclude=exclude, limit=settings.limit_train,
     )  # fmt: skip
     if len(data) == 0:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ from torch.utils.data import Dataset
 from mouthmap import alphabet
 from mouthmap.data import cache
 from mouthmap.data.prepare import read_manifest
+
+if TYPE_CHECKING:
+    from mouthmap.config import TrainParams
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -105,8 +109,19 @@ class RandomAffine:
         return out
 
 
-def train_transforms(crop: int = 88) -> list[Transform]:
-    return [RandomCrop(crop), HorizontalFlip(0.5), TimeMask(10, 1)]
+def train_transforms(tp: TrainParams | None = None) -> list[Transform]:
+    """The training augmentations ``train`` asks for (the defaults without), in order."""
+    from mouthmap.config import TrainParams
+
+    tp = tp or TrainParams()
+    out: list[Transform] = []
+    if tp.rotate_degrees or tp.scale_jitter or tp.brightness or tp.contrast:
+        out.append(RandomAffine(tp.rotate_degrees, tp.scale_jitter, tp.brightness, tp.contrast))
+        # before the crop, so the reflected border mostly falls outside it
+    out += [RandomCrop(tp.crop), HorizontalFlip(tp.flip_p)]
+    if tp.time_mask_frames and tp.time_masks:
+        out.append(TimeMask(tp.time_mask_frames, tp.time_masks))
+    return out
 
 
 def eval_transforms(crop: int = 88) -> list[Transform]:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from mouthmap.config import Params, TrainParams
+from mouthmap.config import Params
 from mouthmap.data import dataset as ds
 from mouthmap.data.prepare import read_manifest
 from mouthmap.train import checkpoint, distributed, tracking
@@ -102,19 +102,6 @@ def init_weights(model: torch.nn.Module, path: Path) -> None:
         ) from None
 
 
-def train_transforms(tp: TrainParams) -> list[ds.Transform]:
-    """The training augmentations ``train`` asks for, in the order they apply."""
-    out: list[ds.Transform] = []
-    if tp.rotate_degrees or tp.scale_jitter or tp.brightness or tp.contrast:
-        out.append(
-            ds.RandomAffine(tp.rotate_degrees, tp.scale_jitter, tp.brightness, tp.contrast)
-        )  # before the crop, so the reflected border mostly falls outside it
-    out += [ds.RandomCrop(tp.crop), ds.HorizontalFlip(tp.flip_p)]
-    if tp.time_mask_frames and tp.time_masks:
-        out.append(ds.TimeMask(tp.time_mask_frames, tp.time_masks))
-    return out
-
-
 def _loaders(
     params: Params,
     dinfo: distributed.DistInfo,
@@ -128,7 +115,7 @@ def _loaders(
     manifest = read_manifest(prepared)
     exclude = stages.quarantined_ids(params)
     norm = ds.normalisation_from_manifest(manifest)
-    train_tf = train_transforms(tp)
+    train_tf = ds.train_transforms(tp)
     common = dict(normalisation=norm, manifest=manifest, exclude=exclude, with_audio=with_audio)
     train_set = ds.GridDataset(
         prepared, ("train",), train_tf, limit=tp.limit_train, with_alignment=with_alignment,
