@@ -142,6 +142,11 @@ class BeamDecoder:
     def decode(self, log_probs: Any, length: int | None = None) -> str:
         """Best transcript of one clip's ``(T, C)`` log-probs (array or tensor)."""
         arr = frames(log_probs, length)
+        return self.rescore(arr, self.beam_search(arr))
+
+    def beam_search(self, log_probs: Any) -> str:
+        """The beam search's transcript alone, before any grammar rescoring."""
+        arr = frames(log_probs)
         if arr.shape[1] != len(self.labels):
             raise ValueError(
                 f"log-probs have {arr.shape[1]} classes but the decoder has "
@@ -149,13 +154,12 @@ class BeamDecoder:
             )
         if arr.shape[0] == 0:
             return ""
-        text = self._decoder.decode(
+        return self._decoder.decode(
             arr,
             beam_width=self.beam_width,
             beam_prune_logp=self.beam_prune_logp,
             token_min_logp=self.token_min_logp,
         )
-        return self.rescore(arr, text)
 
     def rescore(self, log_probs: Any, text: str) -> str:
         """``text`` (this decoder's beam result for ``log_probs``) moved to the best sentence of

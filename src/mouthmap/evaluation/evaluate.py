@@ -180,19 +180,17 @@ def tune_decoder(
         grid = []
         for order, lm in lms.items():
             files = LMFiles.in_dir(lm) if isinstance(lm, Path) else lm
-            grammars = (False, True) if files is not None and files.grammar.is_file() else (False,)
+            has_grammar = files is not None and files.grammar.is_file()
             for alpha in alphas:
                 for beta in betas:
-                    for grammar in grammars:
-                        beam = BeamDecoder(
-                            lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": grammar}
-                        )
-                        if not grammar:
-                            plain = [beam.decode(x) for x in outputs]
-                            hyps = plain
-                        else:  # the same beam search, then the grammar's rescoring
-                            hyps = [beam.rescore(x, h) for x, h in zip(outputs, plain, strict=True)]
-                        grid.append((wer(refs, hyps), order or 0, alpha, beta, int(grammar)))
+                    beam = BeamDecoder(
+                        lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar}
+                    )
+                    plain = [beam.beam_search(x) for x in outputs]
+                    grid.append((wer(refs, plain), order or 0, alpha, beta, 0))
+                    if has_grammar:  # the same beam search, then the grammar's rescoring
+                        hyps = [beam.rescore(x, h) for x, h in zip(outputs, plain, strict=True)]
+                        grid.append((wer(refs, hyps), order or 0, alpha, beta, 1))
         # ties: the lower order, then the smaller alpha and beta, then no grammar
         best_wer, order, alpha, beta, grammar = min(grid)
         if lm_orders:  # swap the winner in whole: an interruption leaves one complete LM
