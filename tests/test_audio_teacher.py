@@ -103,6 +103,24 @@ def test_training_the_audio_teacher_reduces_its_loss_and_it_loads_back(prepared_
     assert not model.training
 
 
+def test_the_alignment_aid_also_trains_the_audio_teacher(prepared_sample, tmp_path):
+    """Audio outputs run at 25 frames/s like the .align frames, so the per-frame word head
+    applies to the audio teacher too (it once was video-only)."""
+    params = load_params(
+        write_params(
+            tmp_path,
+            data={"prepared_dir": str(prepared_sample / "prepared")},
+            model={"name": "tiny_audio", "spec": TINY_AUDIO},
+            train={"epochs": 2, "lr": 3e-3, "align_weight": 1.0},
+        )
+    )
+    result = train(params, progress=False)
+    parts = [h["train_align"] for h in result.history]
+    assert len(parts) == 2 and parts[-1] < parts[0]
+    model, _ = load_for_inference(result.best_checkpoint)
+    assert not any("align" in k for k in model.state_dict())
+
+
 def test_mouthmap_train_model_audio_teacher_runs(prepared_sample, tmp_path):
     params = write_params(tmp_path, data={"prepared_dir": str(prepared_sample / "prepared")})
     out = tmp_path / "runs" / "audio_teacher"

@@ -76,7 +76,8 @@ class CTCObjective:
     also classifies every frame as the word its alignment says is spoken there (GRID ships word
     timings; :func:`mouthmap.data.corpus.frame_labels`). CTC alone has to discover where the
     words are from whole-sentence labels, which takes many epochs on 700 clips; the per-frame
-    target is dense and makes the features word-discriminative early. The head belongs to the
+    target is dense and makes the features word-discriminative early. Audio models get it too:
+    their outputs run at the video's 25 frames/s. The head belongs to the
     objective (checkpoint key ``objective``), not to the exported model.
     """
 
@@ -94,7 +95,7 @@ class CTCObjective:
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once the model is on its device, before the optimiser is built."""
-        if self.align_weight > 0 and modality_of(model) == "video":
+        if self.align_weight > 0:
             with torch.random.fork_rng(devices=[]):  # the same data order with or without it
                 self.align_head = nn.Linear(model.classifier.in_features, len(WORDS) + 1)
             self.align_head.to(device)
@@ -126,7 +127,8 @@ class CTCObjective:
         loss = ctc_loss(log_probs, batch, out_lengths)
         parts = {"ctc": loss}
         if self.align_head is not None and batch.frame_labels is not None:
-            parts["align"] = alignment_loss(self.align_head(feats), batch.frame_labels, lengths)
+            # Output frames run at 25/s for both modalities, as the alignment's frames do.
+            parts["align"] = alignment_loss(self.align_head(feats), batch.frame_labels, out_lengths)
             loss = loss + self.align_weight * parts["align"]
         return loss, parts, (log_probs, feats, out_lengths)
 
