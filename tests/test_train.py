@@ -88,6 +88,28 @@ def test_fine_tuning_starts_from_the_given_checkpoint(prepared_sample, tmp_path)
               progress=False)  # fmt: skip
 
 
+def test_a_slim_checkpoint_predicts_the_same_but_cannot_resume(prepared_sample, tmp_path):
+    import torch
+
+    first = train(_params(tmp_path, prepared_sample, epochs=1), progress=False)
+    slim = tmp_path / "slim" / "best.pt"
+    result = CliRunner().invoke(app, ["models", "slim", str(first.best_checkpoint), str(slim)])
+    assert result.exit_code == 0, result.output
+    assert slim.stat().st_size < 0.6 * first.best_checkpoint.stat().st_size
+    full, _ = load_for_inference(first.best_checkpoint)
+    light, state = load_for_inference(slim)
+    video = torch.randn(1, 1, 30, 88, 88)
+    with torch.no_grad():
+        assert torch.equal(full(video, torch.tensor([30])), light(video, torch.tensor([30])))
+    assert state["normalisation"] == checkpoint.load(first.best_checkpoint)["normalisation"]
+
+    slim.replace(first.out_dir / "last.pt")  # as if a run directory held only the slim copy
+    with pytest.raises(checkpoint.CheckpointError, match="slim copy .* cannot resume"):
+        train(_params(tmp_path, prepared_sample, epochs=2), resume=True, progress=False)
+    bad = CliRunner().invoke(app, ["models", "slim", str(tmp_path / "nope.pt"), str(slim)])
+    assert bad.exit_code == 2 and "nope.pt not found" in bad.output
+
+
 def test_a_corrupt_checkpoint_is_refused_with_its_name(tmp_path):
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"\x00not a checkpoint")

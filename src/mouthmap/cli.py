@@ -509,6 +509,22 @@ def models_summary(
     typer.echo(summary.markdown_table(rows) if markdown else summary.format_table(rows))
 
 
+@models_app.command("slim")
+def models_slim(
+    checkpoint: Path = typer.Argument(..., help="training checkpoint, e.g. runs/train/best.pt"),
+    out: Path = typer.Argument(..., help="where to write the slim copy"),
+) -> None:
+    """Copy a checkpoint without its optimiser state: a third of the size, for sharing a
+    teacher or a fine-tune's starting point (it cannot resume training)."""
+    from mouthmap.train import checkpoint as ckpt
+
+    try:
+        ckpt.slim(checkpoint, out)
+    except ckpt.CheckpointError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {out} ({_mb(out.stat().st_size)}, from {_mb(checkpoint.stat().st_size)})")
+
+
 @app.command()
 def distill(
     visual_teacher: str = typer.Option(

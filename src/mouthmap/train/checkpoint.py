@@ -17,6 +17,9 @@ from mouthmap.data.cache import atomic_write_bytes
 
 FORMAT = "mouthmap-checkpoint/1"
 FRAME_RATE = 25  # output frames per second of every model: one per video frame
+# What only resuming a run needs (optimiser moments are twice the weights' size) and the
+# objective's training-only heads (alignment classifier, KD projection): not in a slim copy.
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "objective")
 
 
 class CheckpointError(ValueError):
@@ -52,4 +55,15 @@ def load(path: str | Path) -> dict[str, Any]:
             f"{p} outputs {rate} frames/s, not {FRAME_RATE} (one per video frame): its frames "
             "would not line up with the video's"
         )
+    return state
+
+
+def slim(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Copy a checkpoint to ``dst`` without what only resuming its run needs.
+
+    The copy still evaluates, exports, initialises a fine-tune (``train.init_from``) and serves
+    as a distillation teacher; it cannot resume training. Returns the state written."""
+    state = {k: v for k, v in load(src).items() if k not in RESUME_ONLY}
+    state["slim"] = True
+    save(Path(dst), state)
     return state

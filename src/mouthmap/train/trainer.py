@@ -183,6 +183,11 @@ def train(
     start_epoch, best_wer, bad_epochs, history = 0, float("inf"), 0, []
     if resume and last_path.exists():
         state = checkpoint.load(last_path)
+        if state.get("slim"):
+            raise checkpoint.CheckpointError(
+                f"{last_path} is a slim copy without optimiser state: it cannot resume a run "
+                "(start a new one from its weights with train.init_from)"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
