@@ -10,7 +10,6 @@ clips), so the text depends on what the clips show and on every ROI that went in
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ def make_varied_package(tiny: Path, out: Path, seed: int = 0) -> Path:
 
     from mouthmap.data import media, roi
     from mouthmap.data.mouth import get_localiser
-    from mouthmap.package import ModelPackage
+    from mouthmap.package import ModelPackage, update_meta
     from mouthmap.serving.streams import normalise
 
     shutil.copytree(tiny, out)
@@ -69,10 +68,7 @@ def make_varied_package(tiny: Path, out: Path, seed: int = 0) -> Path:
                 init.CopyFrom(numpy_helper.from_array(b.astype(np.float32), init.name))
         onnx.save(m, path)
     # Grammar rescoring would map this random model's three outputs onto one sentence.
-    meta_path = out / "mouthmap.json"
-    meta = json.loads(meta_path.read_text())
-    meta["decoder"]["grammar"] = False
-    meta_path.write_text(json.dumps(meta, indent=2))
+    update_meta(pkg, decoder={**pkg.meta["decoder"], "grammar": False})
     return out
 
 
