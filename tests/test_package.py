@@ -15,6 +15,7 @@ from media_factory import noise_video, reencode
 from mouthmap import alphabet
 from mouthmap.cli import app
 from mouthmap.package import DEFAULT_PACKAGE, ModelPackage, PackageError
+from mouthmap.train import checkpoint
 
 runner = CliRunner()
 
@@ -164,6 +165,11 @@ def test_release_writes_a_scored_package_with_a_model_card(tiny_package, tmp_pat
     card = (out / "README.md").read_text()
     assert "| test | beam | 3 |" in card and "one epoch on the sample" in card
     assert "CC BY 4.0" in card and "Cooke" in card
+    kept = ModelPackage.load(out).checkpoint_path  # so the release can be trained further
+    assert kept == out / "checkpoint.pt" and "checkpoint.pt" in card
+    state = checkpoint.load(kept)
+    assert state["slim"] and "optimizer" not in state
+    assert state["model"].keys() == checkpoint.load(ckpt)["model"].keys()
     missing = _cli("release", "--checkpoint", tmp_path / "nope.pt", "--out", out, "-p", params)
     assert missing.exit_code == 2 and "nope.pt not found" in missing.output
 

@@ -4,6 +4,7 @@ deployable model, the benchmark and the mobile artefacts, as a user of the CLI m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,26 @@ def test_quantize_cli_prints_the_table_and_refuses_bad_input(int8_params, tmp_pa
     not_pkg = _cli("quantize", "--model", tmp_path, "--method", "ptq", "--out", tmp_path / "x",
                    "-p", int8_params)  # fmt: skip
     assert not_pkg.exit_code == 2 and "not a MouthMap model package" in not_pkg.output
+
+
+def test_qat_starts_from_the_checkpoint_a_released_package_keeps(int8_params, tiny_package,
+                                                                  tmp_path):  # fmt: skip
+    from mouthmap.package import CHECKPOINT, ModelPackage, update_meta
+    from mouthmap.train import checkpoint
+
+    pkg = tmp_path / "released"
+    shutil.copytree(tiny_package, pkg)
+    # int8_params' train.out_dir holds no best.pt: without a kept checkpoint QAT has none
+    lost = _cli("quantize", "--model", pkg, "--method", "qat", "--out", tmp_path / "a",
+                "-p", int8_params)  # fmt: skip
+    assert lost.exit_code == 2 and "best.pt not found" in lost.output
+    checkpoint.slim(tiny_package.parent / "runs" / "train" / "best.pt", pkg / CHECKPOINT)
+    meta = ModelPackage.load(pkg).meta
+    update_meta(ModelPackage.load(pkg), files={**meta["files"], "checkpoint": CHECKPOINT})
+    res = _cli("quantize", "--model", pkg, "--method", "qat", "--out", tmp_path / "b",
+               "-p", int8_params)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "model.onnx <- qat" in res.output and (tmp_path / "b" / "model_int8_qat.onnx").is_file()
 
 
 def test_unknown_provider_is_refused_and_names_the_known_ones(tiny_package):

@@ -307,7 +307,9 @@ def release(
 @app.command()
 def quantize(
     model: Path = typer.Option(None, help="FP32 model package (default: package.dir)"),
-    checkpoint: Path = typer.Option(None, help="its checkpoint, for QAT (default: train best)"),
+    checkpoint: Path = typer.Option(
+        None, help="its checkpoint, for QAT (default: the package's checkpoint.pt, else train best)"
+    ),
     method: str = typer.Option(None, help="all | ptq | qat | dynamic (default: quantize.method)"),
     out: Path = typer.Option(None, "--out", help="quantized package (default: quantize.out_dir)"),
     in_place: bool = typer.Option(False, help="quantize the package itself, not a copy"),

@@ -100,6 +100,11 @@ def render(meta: dict[str, Any]) -> str:
     for key in ("git_commit", "training_run_id", "data_version"):
         if lineage.get(key):
             out.append(f"- {key.replace('_', ' ')}: `{lineage[key]}`")
+    if meta.get("files", {}).get("checkpoint"):
+        out.append(
+            f"- `{meta['files']['checkpoint']}`: the slim training checkpoint, to fine-tune "
+            "(`mouthmap train --init-from`), quantize with QAT or distil from."
+        )
     out += [
         "",
         "## Intended use and limits",

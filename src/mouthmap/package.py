@@ -2,7 +2,9 @@
 
 ``model.onnx`` (the deployable; INT8 where available), ``model_fp32.onnx``,
 ``lm/`` (ARPA + unigrams), ``mouthmap.json`` (alphabet, input spec,
-normalisation, ROI preparation, decoder settings, metrics, lineage).
+normalisation, ROI preparation, decoder settings, metrics, lineage); a release also
+keeps ``checkpoint.pt``, its slim training checkpoint, so it can be fine-tuned, quantized
+with QAT or used as a teacher later (the ONNX files have BatchNorm folded in).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mouthmap import alphabet
 
 FORMAT = "mouthmap-package/1"
 META = "mouthmap.json"
+CHECKPOINT = "checkpoint.pt"
 DEFAULT_PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mouthmap-student"
 
 
@@ -42,6 +45,12 @@ class ModelPackage:
     def lm_dir(self) -> Path | None:
         lm = self.meta["files"].get("lm")
         return self.root / lm if lm else None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The slim training checkpoint a release keeps (None in a plain export)."""
+        ckpt = self.meta["files"].get("checkpoint")
+        return self.root / ckpt if ckpt and (self.root / ckpt).is_file() else None
 
     @property
     def mean(self) -> float:

@@ -223,11 +223,12 @@ def quantize_model(
     dst = params.path(out_dir or q.out_dir)
     method = method or q.method
     methods = METHODS if method == "all" else (method,)
-    ckpt = checkpoint_path or params.path(params.train.out_dir) / "best.pt"
-    if src.resolve() != dst.resolve():
-        from mouthmap.package import ModelPackage
+    from mouthmap.package import ModelPackage
 
-        ModelPackage.load(src)  # refuse a non-package before copying it
+    kept = ModelPackage.load(src).checkpoint_path  # also refuses a non-package early
+    # QAT starts from the package's own checkpoint when it kept one (a release does)
+    ckpt = checkpoint_path or kept or params.path(params.train.out_dir) / "best.pt"
+    if src.resolve() != dst.resolve():
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst)
     report = quantize_package(
@@ -308,10 +309,11 @@ def release_model(
     tune: bool = True,
 ) -> tuple[Path, dict]:
     """Checkpoint -> a finished package: export, tune the decoder on val, score val and test,
-    record size, cost and training facts in ``mouthmap.json`` and write the model card."""
+    record size, cost and training facts in ``mouthmap.json``, keep a slim copy of the
+    checkpoint (``checkpoint.pt``) and write the model card."""
     from mouthmap import model_card
     from mouthmap.models.summary import summarise
-    from mouthmap.package import ModelPackage, update_meta
+    from mouthmap.package import CHECKPOINT, ModelPackage, update_meta
     from mouthmap.train import checkpoint
 
     state = checkpoint.load(checkpoint_path)
@@ -330,8 +332,11 @@ def release_model(
         for split in ("val", "test")
     }
     evaluation["decode_ms_per_clip"] = results["decode_ms_per_clip"]
+    checkpoint.slim(checkpoint_path, pkg.root / CHECKPOINT)
+    pkg = ModelPackage.load(pkg.root)
     meta = update_meta(
-        ModelPackage.load(pkg.root),
+        pkg,
+        files={**pkg.meta["files"], "checkpoint": CHECKPOINT},
         size={
             "parameters": cost.parameters,
             "fp32_onnx_mb": pkg.fp32_path.stat().st_size / 1e6,
