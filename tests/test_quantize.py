@@ -175,8 +175,7 @@ def test_quantize_cli_prints_the_table_and_refuses_bad_input(int8_params, tmp_pa
 
 def test_qat_starts_from_the_checkpoint_a_released_package_keeps(int8_params, tiny_package,
                                                                   tmp_path):  # fmt: skip
-    from mouthmap.package import CHECKPOINT, ModelPackage, update_meta
-    from mouthmap.train import checkpoint
+    from mouthmap.package import ModelPackage, keep_checkpoint
 
     pkg = tmp_path / "released"
     shutil.copytree(tiny_package, pkg)
@@ -184,9 +183,7 @@ def test_qat_starts_from_the_checkpoint_a_released_package_keeps(int8_params, ti
     lost = _cli("quantize", "--model", pkg, "--method", "qat", "--out", tmp_path / "a",
                 "-p", int8_params)  # fmt: skip
     assert lost.exit_code == 2 and "best.pt not found" in lost.output
-    checkpoint.slim(tiny_package.parent / "runs" / "train" / "best.pt", pkg / CHECKPOINT)
-    meta = ModelPackage.load(pkg).meta
-    update_meta(ModelPackage.load(pkg), files={**meta["files"], "checkpoint": CHECKPOINT})
+    keep_checkpoint(ModelPackage.load(pkg), tiny_package.parent / "runs" / "train" / "best.pt")
     res = _cli("quantize", "--model", pkg, "--method", "qat", "--out", tmp_path / "b",
                "-p", int8_params)  # fmt: skip
     assert res.exit_code == 0, res.output

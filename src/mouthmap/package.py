@@ -118,6 +118,14 @@ def write_package(
     return ModelPackage.load(out)
 
 
+def keep_checkpoint(pkg: ModelPackage, checkpoint_path: str | Path) -> ModelPackage:
+    """Store a slim copy of the checkpoint behind the package as ``checkpoint.pt``."""
+    from mouthmap.train import checkpoint
+
+    checkpoint.slim(checkpoint_path, pkg.root / CHECKPOINT)
+    return update_meta(pkg, files={**pkg.meta["files"], "checkpoint": CHECKPOINT})
+
+
 def update_meta(pkg: ModelPackage, **fields: Any) -> ModelPackage:
     """Set top-level fields of ``mouthmap.json`` (e.g. tuned decoder settings), atomically."""
     from mouthmap.data.cache import atomic_write_bytes

@@ -313,7 +313,7 @@ def release_model(
     checkpoint (``checkpoint.pt``) and write the model card."""
     from mouthmap import model_card
     from mouthmap.models.summary import summarise
-    from mouthmap.package import CHECKPOINT, ModelPackage, update_meta
+    from mouthmap.package import ModelPackage, keep_checkpoint, update_meta
     from mouthmap.train import checkpoint
 
     state = checkpoint.load(checkpoint_path)
@@ -332,11 +332,9 @@ def release_model(
         for split in ("val", "test")
     }
     evaluation["decode_ms_per_clip"] = results["decode_ms_per_clip"]
-    checkpoint.slim(checkpoint_path, pkg.root / CHECKPOINT)
-    pkg = ModelPackage.load(pkg.root)
+    pkg = keep_checkpoint(ModelPackage.load(pkg.root), checkpoint_path)
     meta = update_meta(
         pkg,
-        files={**pkg.meta["files"], "checkpoint": CHECKPOINT},
         size={
             "parameters": cost.parameters,
             "fp32_onnx_mb": pkg.fp32_path.stat().st_size / 1e6,
