@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -138,6 +139,27 @@ def test_the_package_records_its_checkpoint_and_grad_cam_runs_on_a_real_clip(tin
     sal = explain_word(ex.model, a.rois, pkg.mean, pkg.std, a.text, 0, log_probs=a.log_probs)
     assert sal.cam.shape == (75, 96, 96) and sal.cam.max() == pytest.approx(1.0)
     assert 0 <= sal.peak_frame < 75
+
+
+def test_a_released_package_explains_from_the_checkpoint_it_keeps(tiny_package, tmp_path):
+    """On another machine the lineage's path is gone; the checkpoint kept in the package
+    still gives Grad-CAM a model that matches the ONNX."""
+    from mouthmap.dashboard.analysis import analyse_clip
+    from mouthmap.explain.checkpoints import CheckpointMismatch, find_checkpoint, load_explainer
+    from mouthmap.package import ModelPackage, keep_checkpoint, update_meta
+    from mouthmap.runtime.transcriber import Transcriber
+
+    pkg = ModelPackage.load(shutil.copytree(tiny_package, tmp_path / "pkg"))
+    source = pkg.meta["lineage"]["checkpoint"]
+    moved = {**pkg.meta["lineage"], "checkpoint": str(tmp_path / "gone.pt")}
+    pkg = update_meta(pkg, lineage=moved)
+    with pytest.raises(CheckpointMismatch, match="gone.pt is not on this machine"):
+        find_checkpoint(pkg)
+    pkg = keep_checkpoint(pkg, source)
+    assert find_checkpoint(pkg) == pkg.root / "checkpoint.pt"
+    ex = load_explainer(pkg)
+    a = analyse_clip(sample_clip("bbaf2n")[0], Transcriber(pkg, decoder="greedy", threads=1))
+    assert ex.check_parity(pkg, a.rois) < 1e-3
 
 
 def test_a_checkpoint_of_another_model_is_refused(tiny_package, tmp_path):

@@ -102,12 +102,31 @@ def test_a_slim_checkpoint_predicts_the_same_but_cannot_resume(prepared_sample, 
     with torch.no_grad():
         assert torch.equal(full(video, torch.tensor([30])), light(video, torch.tensor([30])))
     assert state["normalisation"] == checkpoint.load(first.best_checkpoint)["normalisation"]
+    # the copy that gets shared does not name this machine's folders
+    assert checkpoint.load(first.best_checkpoint)["params"]["data"]["prepared_dir"] == str(
+        prepared_sample / "prepared"
+    )
+    assert state["params"]["data"]["prepared_dir"] == "prepared"
+    assert str(tmp_path) not in repr(state["params"])
 
     slim.replace(first.out_dir / "last.pt")  # as if a run directory held only the slim copy
     with pytest.raises(checkpoint.CheckpointError, match="slim copy .* cannot resume"):
         train(_params(tmp_path, prepared_sample, epochs=2), resume=True, progress=False)
     bad = CliRunner().invoke(app, ["models", "slim", str(tmp_path / "nope.pt"), str(slim)])
     assert bad.exit_code == 2 and "nope.pt not found" in bad.output
+
+
+def test_only_absolute_paths_are_cut_from_shared_params():
+    params = {
+        "data": {"source": "/home/alice/grid", "raw_dir": "data/grid", "speakers": ["s1"]},
+        "train": {"mlflow_uri": "sqlite:////home/alice/mlruns/mlflow.db", "lr": 0.002},
+        "stack": {"s3": "http://localhost:9000", "win": "C:\\Users\\bob\\teacher.pt"},
+    }
+    assert checkpoint.without_machine_paths(params) == {
+        "data": {"source": "grid", "raw_dir": "data/grid", "speakers": ["s1"]},
+        "train": {"mlflow_uri": "sqlite://mlflow.db", "lr": 0.002},
+        "stack": {"s3": "http://localhost:9000", "win": "teacher.pt"},
+    }
 
 
 def test_a_corrupt_checkpoint_is_refused_with_its_name(tmp_path):

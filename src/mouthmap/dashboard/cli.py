@@ -10,7 +10,9 @@ import typer
 def dashboard_cmd(
     model: Path = typer.Option(None, help="model package (default: the released one)"),
     checkpoint: Path = typer.Option(
-        None, help="PyTorch checkpoint of the package, for Grad-CAM (default: its lineage's)"
+        None,
+        help="PyTorch checkpoint of the package, for Grad-CAM (default: the one it keeps, "
+        "else its lineage's)",
     ),
     decoder: str = typer.Option("beam", help="greedy or beam (+ the package's LM)"),
     port: int = typer.Option(8501, help="HTTP port on 127.0.0.1"),

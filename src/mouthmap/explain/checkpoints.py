@@ -1,10 +1,11 @@
 """The PyTorch model behind a model package, for explanations that need gradients.
 
-A package holds ONNX only. ``mouthmap export`` records the checkpoint it exported in the
-package's lineage (``lineage.checkpoint``, with its SHA-256); a ``--checkpoint`` given by
-hand wins. Either way the checkpoint is checked against the package's FP32 ONNX on a real
-clip, so a saliency map is never drawn from a different model than the one that read the
-lips.
+A released package keeps a slim copy of its checkpoint (``files.checkpoint``), which travels
+with it; an older package only records the checkpoint it was exported from in its lineage
+(``lineage.checkpoint``, with its SHA-256), a path on the machine that made it. A
+``--checkpoint`` given by hand wins over both. Whichever is used is checked against the
+package's FP32 ONNX on a real clip, so a saliency map is never drawn from a different model
+than the one that read the lips.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ def file_sha256(path: str | Path) -> str:
 
 
 def find_checkpoint(pkg: ModelPackage, override: str | Path | None = None) -> Path:
-    """``override``, else the package's ``lineage.checkpoint`` (absolute, or relative to the
-    package); raises :class:`CheckpointMismatch` naming what is missing."""
+    """``override``, else the checkpoint the package keeps, else its ``lineage.checkpoint``
+    (absolute, or relative to the package); raises :class:`CheckpointMismatch` naming what is
+    missing."""
     if override:
         p = Path(override)
         if not p.is_file():
             raise CheckpointMismatch(f"checkpoint {p} not found")
         return p
+    if pkg.checkpoint_path is not None:
+        return pkg.checkpoint_path
     recorded = (pkg.meta.get("lineage") or {}).get("checkpoint")
     if not recorded:
         raise CheckpointMismatch(

@@ -7,7 +7,7 @@ A checkpoint holds only plain types and tensors, so it loads with
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -58,12 +58,34 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def without_machine_paths(value: Any) -> Any:
+    """``value`` (params as plain types) with each absolute path cut to its last part.
+
+    A path like ``/home/alice/grid`` names the machine and the person that trained a model;
+    a file meant to be shared keeps only ``grid``. Relative paths and other strings stay."""
+    if isinstance(value, dict):
+        return {k: without_machine_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(v) for v in value]
+    if isinstance(value, str):
+        scheme, sep, rest = value.partition("://")  # file:///..., sqlite:////...
+        path = rest if sep else value
+        if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute():
+            name = PureWindowsPath(path).name if "\\" in path else PurePosixPath(path).name
+            return f"{scheme}{sep}{name}" if sep else name
+    return value
+
+
 def slim(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """Copy a checkpoint to ``dst`` without what only resuming its run needs.
 
     The copy still evaluates, exports, initialises a fine-tune (``train.init_from``) and serves
-    as a distillation teacher; it cannot resume training. Returns the state written."""
+    as a distillation teacher; it cannot resume training. It is the copy that gets shared (a
+    release keeps one), so the absolute paths in its params are cut to their names. Returns
+    the state written."""
     state = {k: v for k, v in load(src).items() if k not in RESUME_ONLY}
+    if isinstance(state.get("params"), dict):
+        state["params"] = without_machine_paths(state["params"])
     state["slim"] = True
     save(Path(dst), state)
     return state
