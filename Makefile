@@ -25,7 +25,7 @@ demo-down:  # stop the dashboard and the whole local stack that `make demo` star
 test: $(STAMP)
 	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)
 	$(BIN)/ruff check src tests components pipelines dashboard
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 --durations=15  # the slowest, to keep CI short
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests components pipelines dashboard
