@@ -120,6 +120,20 @@ def test_the_alignment_aid_also_trains_the_audio_teacher(prepared_sample, tmp_pa
     model, _ = load_for_inference(result.best_checkpoint)
     assert not any("align" in k for k in model.state_dict())
 
+    # the head is a word classifier: a slim copy keeps it and it decodes within the grammar
+    from mouthmap.data.corpus import in_grammar
+    from mouthmap.evaluation.evaluate import evaluate_checkpoint
+    from mouthmap.train import checkpoint
+
+    slim = checkpoint.slim(result.best_checkpoint, tmp_path / "slim.pt")
+    assert set(slim["objective"]) == {"align_head"}
+    report = evaluate_checkpoint(
+        tmp_path / "slim.pt", prepared_sample / "prepared", None, {}, ("test",),
+        ("greedy", "words"),
+    )  # fmt: skip
+    assert report["word_head"] and report["test"]["words"]["clips"] == 3
+    assert all(in_grammar(hyp) for _, hyp in report["test"]["words"]["examples"])
+
 
 def test_mouthmap_train_model_audio_teacher_runs(prepared_sample, tmp_path):
     params = write_params(tmp_path, data={"prepared_dir": str(prepared_sample / "prepared")})
@@ -139,6 +153,14 @@ def test_mouthmap_train_model_audio_teacher_runs(prepared_sample, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "reports" / "eval" / "evaluation.json").read_text())
     assert report["modality"] == "audio" and report["test"]["beam"]["clips"] == 3
+
+    # slot decoding by the word head is refused, naming why, for a run that trained none
+    assert not load_for_inference(out / "best.pt")[1]["objective"]  # tests train CTC alone
+    result = CliRunner().invoke(
+        app, ["evaluate", "--checkpoint", str(out / "best.pt"), "--decoder", "words",
+              "-p", str(params)],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "word head" in result.output
 
 
 def test_an_audio_model_is_not_exported_as_a_lip_reading_package():

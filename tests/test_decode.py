@@ -320,3 +320,69 @@ def test_grammar_rescoring_needs_an_lm_that_has_a_grammar(lm: LMFiles, tmp_path:
     plain = build_lm(["hello world", "bin blue at f two now"], tmp_path / "free")
     with pytest.raises(LMError, match=re.escape(str(plain.grammar))):
         BeamDecoder(plain, grammar=True)
+
+
+# --- word-slot decoding (a model's word head) ----------------------------------------------
+
+
+def word_log_probs(text: str, unsure: dict[int, dict[str, float]] | None = None) -> np.ndarray:
+    """A word head's output: silence, then each word for 4 frames with a silent frame
+    between words; ``unsure`` maps a word position to probabilities over words."""
+    from mouthmap.data.corpus import WORDS
+
+    k = len(WORDS) + 1
+    rows: list[dict[int, float]] = [{0: 0.9}] * 3
+    for i, w in enumerate(text.split()):
+        split = (unsure or {}).get(i, {w: 0.9})
+        rows += [{WORDS.index(x) + 1: p for x, p in split.items()}] * 4 + [{0: 0.9}]
+    rows += [{0: 0.9}] * 2
+    probs = np.zeros((len(rows), k))
+    for t, row in enumerate(rows):
+        probs[t] = (1.0 - sum(row.values())) / (k - len(row))
+        for c, p in row.items():
+            probs[t, c] = p
+    return np.log(probs)
+
+
+def test_slot_viterbi_finds_the_best_sentence_of_all_and_scores_it_like_forced_alignment():
+    from mouthmap.decode.slots import forced_scores, slot_viterbi
+
+    rng = np.random.default_rng(0)
+    slots = [[1, 2], [3, 4, 5], [6, 2]]  # a class may recur in another slot
+    for _ in range(40):
+        t = int(rng.integers(3, 12))
+        lp = np.log(rng.dirichlet(np.full(7, 0.5), size=t))
+        sentences = list(itertools.product(*slots))
+        every = forced_scores(lp, sentences)
+        best, score = slot_viterbi(lp, slots)
+        assert np.isclose(score, every.max())
+        assert np.isclose(every[sentences.index(tuple(best))], score)
+    assert slot_viterbi(np.zeros((2, 7)), slots) == ([], float("-inf"))  # 3 words, 2 frames
+    assert np.isneginf(forced_scores(np.zeros((2, 7)), [[1, 3, 6]])).all()
+
+
+def test_word_slots_read_the_sentence_a_word_head_shows_and_refuse_unknown_words():
+    from mouthmap.decode.slots import WordSlots
+
+    slots = WordSlots()
+    assert slots.decode(word_log_probs(SENTENCE)) == SENTENCE
+    # one unsure frame-run does not move a word the other frames agree on
+    assert slots.decode(word_log_probs(SENTENCE, {3: {"f": 0.5, "s": 0.4}})) == SENTENCE
+    with pytest.raises(ValueError, match="classes"):
+        slots.decode(np.zeros((30, 5)))
+    with pytest.raises(ValueError, match="no class for"):
+        WordSlots([["bin"], ["hello"]])
+
+
+def test_beam_rescoring_weighs_the_word_head_when_the_model_has_one(lm: LMFiles):
+    # CTC reads the letter as its look-alike; the word head, over four frames, knows it
+    pos = SENTENCE.index(" f ") + 1
+    lp = spike_log_probs(SENTENCE, {pos: {"s": 0.6, "f": 0.3}})
+    words = word_log_probs(SENTENCE, {3: {"f": 0.6, "s": 0.3}})
+    assert BeamDecoder(lm, grammar=True).decode(lp, word_log_probs=words) != SENTENCE
+    hybrid = BeamDecoder(lm, grammar=True, word_weight=1.0)
+    assert hybrid.decode(lp) != SENTENCE  # no word log-probs: CTC and LM only
+    assert hybrid.decode(lp, word_log_probs=words) == SENTENCE
+    assert "word_weight=1.0" in repr(hybrid)
+    with pytest.raises(ValueError, match="word_weight"):
+        BeamDecoder(lm, word_weight=-1.0)

@@ -357,7 +357,11 @@ def evaluate(
         None, help="score a training checkpoint instead (any model, e.g. the audio teacher)"
     ),
     split: list[str] = typer.Option(["val", "test"], "--split", help="split(s) to score"),
-    decoder: list[str] = typer.Option(["greedy", "beam"], "--decoder", help="greedy and/or beam"),
+    decoder: list[str] = typer.Option(
+        ["greedy", "beam"],
+        "--decoder",
+        help="greedy, beam and/or words (slot decoding by a checkpoint's word head)",
+    ),  # fmt: skip
     out: Path = typer.Option(None, "--out", help="report directory (default: reports/eval)"),
     params_file: str = ParamsOpt,
 ) -> None:

@@ -124,6 +124,8 @@ class DecoderParams(_Section):
     beta: float = 1.0  # word insertion bonus
     beam_width: int = Field(16, ge=1)
     grammar: bool = False  # rescore within the LM's slot grammar (decode/grammar.py); tuned on val
+    # with a model's word head (train.align_weight): its path score's weight in that rescoring
+    word_weight: float = Field(0.0, ge=0)
 
 
 class PackageParams(_Section):

@@ -122,9 +122,16 @@ class BeamDecoder:
         unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET,
         labels: Sequence[str] = LABELS,
         grammar: bool = False,
+        word_weight: float = 0.0,
     ) -> None:
         """``grammar``: rescore each transcript within the slot grammar of the LM's
-        ``grammar.json`` (:mod:`mouthmap.decode.grammar`); needs an LM that has one."""
+        ``grammar.json`` (:mod:`mouthmap.decode.grammar`); needs an LM that has one.
+        ``word_weight``: for a model with a word head, whose per-frame word log-probs come
+        with the clip (:meth:`decode`), that rescoring also weighs the head's best path for
+        each sentence by this much and climbs from the head's own sentence too
+        (:mod:`mouthmap.decode.slots`); 0, or a clip without word log-probs: CTC and LM only."""
+        if word_weight < 0:
+            raise ValueError(f"word_weight must be >= 0, got {word_weight}")
         if beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {beam_width}")
         self.lm_files = _resolve(lm)
@@ -134,15 +141,23 @@ class BeamDecoder:
         self.token_min_logp = token_min_logp
         self._decoder = _build(self.labels, self.lm_files, alpha, beta, unk_score_offset)
         self.alpha = alpha
+        self.word_weight = word_weight
         self.grammar = None
+        self._word_slots = None
         if grammar:
             self.grammar = _grammar(self.lm_files)
             self._kenlm = self._decoder._language_model._kenlm_model  # loaded once, shared
+            if word_weight > 0:
+                from mouthmap.decode.slots import WordSlots
 
-    def decode(self, log_probs: Any, length: int | None = None) -> str:
-        """Best transcript of one clip's ``(T, C)`` log-probs (array or tensor)."""
+                self._word_slots = WordSlots(self.grammar.slots)
+
+    def decode(self, log_probs: Any, length: int | None = None, word_log_probs: Any = None) -> str:
+        """Best transcript of one clip's ``(T, C)`` log-probs (array or tensor); with the
+        model's ``(T, K)`` word log-probs too when it has a word head (see ``word_weight``)."""
         arr = frames(log_probs, length)
-        return self.rescore(arr, self.beam_search(arr))
+        words = None if word_log_probs is None else frames(word_log_probs, length)
+        return self.rescore(arr, self.beam_search(arr), words)
 
     def beam_search(self, log_probs: Any) -> str:
         """The beam search's transcript alone, before any grammar rescoring."""
@@ -161,14 +176,21 @@ class BeamDecoder:
             token_min_logp=self.token_min_logp,
         )
 
-    def rescore(self, log_probs: Any, text: str) -> str:
+    def rescore(self, log_probs: Any, text: str, word_log_probs: Any = None) -> str:
         """``text`` (this decoder's beam result for ``log_probs``) moved to the best sentence of
         the slot grammar near it; unchanged without a grammar."""
         if self.grammar is None:
             return text
         from mouthmap.decode.grammar import rescore
 
-        return rescore(frames(log_probs), text, self.grammar, self._kenlm, self.alpha)
+        extra, starts = None, ()
+        if self._word_slots is not None and word_log_probs is not None:
+            words = frames(word_log_probs)
+            extra = self._word_slots.scorer(words, self.word_weight)
+            starts = (self._word_slots.decode(words),)
+        return rescore(
+            frames(log_probs), text, self.grammar, self._kenlm, self.alpha, extra, starts
+        )
 
     def decode_batch(self, log_probs: Any, lengths: Sequence[int] | None = None) -> list[str]:
         """Transcripts of a ``(B, T, C)`` batch or list of ``(T, C)``; one process, in order."""
@@ -177,4 +199,6 @@ class BeamDecoder:
     def __repr__(self) -> str:
         lm = "no LM" if self.lm_files is None else str(self.lm_files.arpa)
         grammar = ", grammar" if self.grammar is not None else ""
+        if self._word_slots is not None:
+            grammar += f", word_weight={self.word_weight}"
         return f"BeamDecoder({lm}, beam_width={self.beam_width}{grammar})"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,14 +124,36 @@ def rescore(
     grammar: SlotGrammar,
     lm: Any = None,
     alpha: float = 0.5,
+    extra: Callable[[list[str]], np.ndarray] | None = None,
+    starts: Sequence[str] = (),
 ) -> str:
     """The best grammatical sentence reachable from ``hypothesis`` by single-slot changes.
 
     ``lm``: a ``kenlm.Model`` (or anything with ``score(sentence, bos=, eos=)`` in log10),
     weighted by ``alpha`` in natural-log units as in the beam search; ``None``: CTC only.
+    ``extra``: more evidence, natural-log scores of whole sentences added to theirs (the word
+    head's, :func:`mouthmap.decode.slots.word_scorer`); ``starts``: more sentences to climb
+    from (another decoder's answer), the best end wins.
     """
     if np.asarray(log_probs).shape[0] == 0:
         return hypothesis
+    if starts:
+        ends = [_climb(log_probs, h, grammar, lm, alpha, extra) for h in (hypothesis, *starts)]
+        best_text, best_score = max(ends, key=lambda e: e[1])
+        return best_text if math.isfinite(best_score) else hypothesis
+    text, score = _climb(log_probs, hypothesis, grammar, lm, alpha, extra)
+    return text if math.isfinite(score) else hypothesis
+
+
+def _climb(
+    log_probs: np.ndarray,
+    hypothesis: str,
+    grammar: SlotGrammar,
+    lm: Any,
+    alpha: float,
+    extra: Callable[[list[str]], np.ndarray] | None,
+) -> tuple[str, float]:
+    """(sentence, its score) at the top of the single-slot climb from ``hypothesis``."""
     lm_cache: dict[str, float] = {}
 
     def lm_score(text: str) -> float:
@@ -141,9 +163,13 @@ def rescore(
             lm_cache[text] = alpha * lm.score(text, bos=True, eos=True) * math.log(10)
         return lm_cache[text]
 
+    def scores(texts: list[str]) -> np.ndarray:
+        out = ctc_log_likelihood(log_probs, texts) + np.array([lm_score(t) for t in texts])
+        return out + extra(texts) if extra is not None else out
+
     words = grammar.start(hypothesis)
     current = " ".join(words)
-    best = float(ctc_log_likelihood(log_probs, [current])[0]) + lm_score(current)
+    best = float(scores([current])[0])
     for _ in range(MAX_STEPS):
         cands = [
             " ".join([*words[:i], w, *words[i + 1 :]])
@@ -153,10 +179,10 @@ def rescore(
         ]
         if not cands:
             break
-        scores = ctc_log_likelihood(log_probs, cands) + np.array([lm_score(c) for c in cands])
-        k = int(np.argmax(scores))
-        if not scores[k] > best:
+        got = scores(cands)
+        k = int(np.argmax(got))
+        if not got[k] > best:
             break
-        best, current = float(scores[k]), cands[k]
+        best, current = float(got[k]), cands[k]
         words = current.split()
-    return current if math.isfinite(best) else hypothesis
+    return current, best

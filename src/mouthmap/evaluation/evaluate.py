@@ -26,29 +26,51 @@ def split_log_probs(
     return list(rows["transcript"]), outs
 
 
+DECODERS = ("greedy", "beam", "words")
+
+
 def score(
     outputs: dict[str, tuple[list[str], list[np.ndarray]]],
     lm_dir: Path | None,
     decoder_settings: dict[str, Any],
     decoders: Sequence[str] = ("greedy", "beam"),
+    word_outputs: dict[str, list[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Decode per-clip log-probs of each split greedy and/or beam+LM and score them against
-    the references: WER, CER, slot error rates, examples, and the decoding time per clip."""
+    the references: WER, CER, slot error rates, examples, and the decoding time per clip.
+
+    ``word_outputs``: per split, each clip's word-head log-probs, for a model that has one:
+    the ``words`` decoder reads them alone (:mod:`mouthmap.decode.slots`) and the beam
+    search's grammar rescoring weighs them by ``decoder_settings["word_weight"]``."""
     from mouthmap.decode.beam import BeamDecoder
     from mouthmap.decode.greedy import greedy_decode
+    from mouthmap.decode.slots import WordSlots
     from mouthmap.evaluation.metrics import cer, slot_error_rates, wer
 
-    decode = {"greedy": greedy_decode}
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        raise ValueError(f"unknown decoder(s) {unknown}; known: {', '.join(DECODERS)}")
+    if "words" in decoders and not word_outputs:
+        raise ValueError(
+            "the words decoder needs a model with a word head (trained with train.align_weight "
+            "> 0, from a checkpoint that kept it)"
+        )
+    decode: dict[str, Any] = {"greedy": lambda x, w: greedy_decode(x)}
     if "beam" in decoders:
-        decode["beam"] = BeamDecoder(lm_dir, **decoder_settings).decode
+        decode["beam"] = lambda x, w, b=BeamDecoder(lm_dir, **decoder_settings): b.decode(
+            x, word_log_probs=w
+        )
+    if "words" in decoders:
+        decode["words"] = lambda x, w, s=WordSlots(): s.decode(w)
     out: dict[str, Any] = {}
     timings: dict[str, list[float]] = {d: [] for d in decoders}
     for split, (refs, log_probs) in outputs.items():
         hyps: dict[str, list[str]] = {d: [] for d in decoders}
-        for x in log_probs:
+        words = (word_outputs or {}).get(split) or [None] * len(log_probs)
+        for x, w in zip(log_probs, words, strict=True):
             for d in decoders:
                 t0 = time.perf_counter()
-                hyps[d].append(decode[d](x))
+                hyps[d].append(decode[d](x, w))
                 timings[d].append(1000 * (time.perf_counter() - t0))
         out[split] = {
             d: {
@@ -107,31 +129,39 @@ def evaluate_checkpoint(
 
     from mouthmap.data import dataset as ds
     from mouthmap.train.objective import modality_of, model_inputs
-    from mouthmap.train.trainer import load_for_inference
+    from mouthmap.train.trainer import load_for_inference, word_head
 
     model, state = load_for_inference(checkpoint_path)
+    head = word_head(state)
     prepared = Path(prepared_dir)
     df = read_manifest(prepared)
     norm = ds.Normalisation(**state["normalisation"])
-    outputs = {}
+    outputs, word_outputs = {}, {}
     for split in splits:
         data = ds.GridDataset(
             prepared, (split,), ds.eval_transforms(crop), norm, manifest=df, exclude=exclude,
             with_audio=modality_of(model) == "audio",
         )  # fmt: skip
-        refs, log_probs = [], []
+        refs, log_probs, words = [], [], []
         with torch.no_grad():
             for batch in DataLoader(data, batch_size=8, collate_fn=ds.collate):
                 x, lengths, out_lengths = model_inputs(model, batch, torch.device("cpu"))
-                lp = model(x, lengths).float().numpy()
-                log_probs += [lp[i, :n] for i, n in enumerate(out_lengths.tolist())]
+                lp, feats = model(x, lengths, return_features=True)
+                n = out_lengths.tolist()
+                log_probs += [lp.float().numpy()[i, :k] for i, k in enumerate(n)]
+                if head is not None:
+                    wl = head(feats).log_softmax(-1).float().numpy()
+                    words += [wl[i, :k] for i, k in enumerate(n)]
                 refs += batch.texts
         outputs[split] = (refs, log_probs)
+        if head is not None:
+            word_outputs[split] = words
     return {
         "checkpoint": str(checkpoint_path),
         "name": state["model_name"],
         "modality": modality_of(model),
-        **score(outputs, lm_dir, decoder_settings, decoders),
+        "word_head": head is not None,
+        **score(outputs, lm_dir, decoder_settings, decoders, word_outputs or None),
     }
 
 

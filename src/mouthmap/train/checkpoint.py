@@ -17,9 +17,11 @@ from mouthmap.data.cache import atomic_write_bytes
 
 FORMAT = "mouthmap-checkpoint/1"
 FRAME_RATE = 25  # output frames per second of every model: one per video frame
-# What only resuming a run needs (optimiser moments are twice the weights' size) and the
-# objective's training-only heads (alignment classifier, KD projection): not in a slim copy.
+# What only resuming a run needs (optimiser moments are twice the weights' size): not in a
+# slim copy. Of the objective's own state only the word head stays (it decodes: slot
+# decoding, mouthmap.decode.slots); a KD projection is training-only.
 RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "objective")
+KEPT_OBJECTIVE = ("align_head",)
 
 
 class CheckpointError(ValueError):
@@ -79,11 +81,16 @@ def without_machine_paths(value: Any) -> Any:
 def slim(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """Copy a checkpoint to ``dst`` without what only resuming its run needs.
 
-    The copy still evaluates, exports, initialises a fine-tune (``train.init_from``) and serves
-    as a distillation teacher; it cannot resume training. It is the copy that gets shared (a
+    The copy still evaluates (with its word head, when the run trained one), exports,
+    initialises a fine-tune (``train.init_from``) and serves as a distillation teacher; it
+    cannot resume training. It is the copy that gets shared (a
     release keeps one), so the absolute paths in its params are cut to their names. Returns
     the state written."""
-    state = {k: v for k, v in load(src).items() if k not in RESUME_ONLY}
+    full = load(src)
+    state = {k: v for k, v in full.items() if k not in RESUME_ONLY}
+    kept = {k: v for k, v in (full.get("objective") or {}).items() if k in KEPT_OBJECTIVE}
+    if kept:
+        state["objective"] = kept
     if isinstance(state.get("params"), dict):
         state["params"] = without_machine_paths(state["params"])
     state["slim"] = True

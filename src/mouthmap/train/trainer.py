@@ -384,3 +384,15 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any
             f"{path}: weights do not fit model {state['model_name']!r}: {e}"
         ) from None
     return model.eval(), state
+
+
+def word_head(state: dict[str, Any]) -> torch.nn.Linear | None:
+    """The run's per-frame word classifier (the alignment aid's head, ``train.align_weight``)
+    from a loaded checkpoint, in eval mode; ``None`` when the run trained none."""
+    weights = (state.get("objective") or {}).get("align_head")
+    if not weights:
+        return None
+    out_features, in_features = weights["weight"].shape
+    head = torch.nn.Linear(in_features, out_features)
+    head.load_state_dict(weights)
+    return head.eval()
