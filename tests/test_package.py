@@ -226,3 +226,58 @@ def test_held_out_clips_are_read_from_raw_video_next_to_their_truth(tiny_package
     readings = stages.read_held_out(load_params(prepared_sample / "params.yaml"), tiny_package)
     assert len(readings) == 3  # the sample's test-split sentences
     assert all(in_grammar(r.truth) and r.elapsed_ms > 0 for r in readings)
+
+
+def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
+    tiny_package, prepared_sample, tmp_path
+):
+    """A run trained with the alignment aid exports its word head as a second ONNX output;
+    evaluation decodes by it (``words``), tuning tries its weight in the grammar rescoring,
+    and transcribe reads both outputs. A package without a head works as before."""
+    from mouthmap import stages
+    from mouthmap.config import load_params
+    from mouthmap.data.corpus import WORDS, in_grammar
+    from mouthmap.evaluation.evaluate import evaluate_package, tune_decoder
+    from mouthmap.runtime.runner import OnnxRunner
+    from mouthmap.runtime.transcriber import Transcriber
+    from mouthmap.train.trainer import train
+
+    prepared = prepared_sample / "prepared"
+    params = load_params(
+        write_params(tmp_path, data={"prepared_dir": str(prepared)}, train={"align_weight": 1.0})
+    )
+    pkg = stages.export_model(params, train(params, progress=False).best_checkpoint,
+                              tmp_path / "pkg").root  # fmt: skip
+    meta = ModelPackage.load(pkg).meta
+    assert meta["metrics"]["onnx_max_abs_diff"] < 1e-3  # both outputs match PyTorch
+    onnx_runner = OnnxRunner(pkg / "model_fp32.onnx")
+    assert onnx_runner.has_word_head and not OnnxRunner(tiny_package / "model.onnx").has_word_head
+    log_probs, words = onnx_runner.clip_all(np.zeros((40, 88, 88), np.float32))
+    assert log_probs.shape == (40, alphabet.NUM_CLASSES) and words.shape == (40, 1 + len(WORDS))
+    assert np.allclose(np.exp(words).sum(-1), 1.0, atol=1e-4)
+
+    report = evaluate_package(pkg, prepared, ("test",), ("greedy", "beam", "words"))
+    assert report["word_head"] and report["test"]["words"]["clips"] == 3
+    assert all(in_grammar(hyp) for _, hyp in report["test"]["words"]["examples"])
+    with pytest.raises(ValueError, match="word head"):
+        evaluate_package(tiny_package, prepared, ("test",), ("words",))
+
+    best = tune_decoder(pkg, prepared, alphas=(0.0,), betas=(0.0,), word_weights=(1.0,))
+    tuning = ModelPackage.load(pkg).meta["decoder_tuning"]
+    # [wer, order, alpha, beta, grammar, word_weight]: plain, grammar, grammar + word head
+    assert sorted((row[4], row[5]) for row in tuning["grid"]) == [(0, 0.0), (1, 0.0), (1, 1.0)]
+    assert ModelPackage.load(pkg).meta["decoder"]["word_weight"] == best["word_weight"]
+
+    # static INT8 keeps the second output; transcribe decodes with the head's weight
+    from mouthmap.compress.quantize import quantize_package
+
+    quantize_package(pkg, prepared, methods=("ptq",), calibration_clips=4, beam=False,
+                     progress=False)  # fmt: skip
+    assert OnnxRunner(pkg / "model.onnx").has_word_head
+    update = {**ModelPackage.load(pkg).meta["decoder"], "grammar": True, "word_weight": 1.0}
+    from mouthmap.package import update_meta
+
+    update_meta(ModelPackage.load(pkg), decoder=update)
+    video, _ = sample_clip()
+    out = Transcriber(pkg, decoder="beam").transcribe(video)
+    assert in_grammar(out.text), out.text

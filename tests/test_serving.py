@@ -116,7 +116,11 @@ class Sender:
 class Harness:
     """The engine with a stand-in encoder whose cost (``ms_per_frame``) moves a fake clock."""
 
-    def __init__(self, batch_mode: str = "exact", ms_per_frame: float = 0.0, **limits) -> None:
+    def __init__(
+        self, batch_mode: str = "exact", ms_per_frame: float = 0.0, words: int = 0, **limits
+    ) -> None:
+        """``words``: the encoder also puts out (flat) word log-probs over this many classes,
+        like a model exported with its word head."""
         self.now = 0.0
         self.calls: list[tuple[int, ...]] = []  # clips' lengths per encoder call
         self.log: list[tuple[int, str]] = []  # (stream, what) in the order it was sent
@@ -124,7 +128,10 @@ class Harness:
         def run(video, lengths):
             self.calls.append(tuple(int(n) for n in lengths))
             self.now += ms_per_frame * int(lengths.sum()) / 1000
-            return _fake_encode(video, lengths)
+            if not words:
+                return _fake_encode(video, lengths)
+            flat = np.full((*video.shape[:1], video.shape[2], words), -np.log(words), np.float32)
+            return _fake_encode(video, lengths), flat
 
         def send(sender: Sender, ev) -> None:
             if sender.gone:
@@ -201,6 +208,20 @@ def test_a_padded_batch_runs_the_encoder_once_for_all_its_streams():
     ends = h.batch(*(h.req(cid, _rois("_" + "xyz"[cid - 1] * 7), end=True) for cid in (1, 2, 3)))
     assert [sorted(c) for c in h.calls] == [[17, 18, 19]]
     assert [s.events[-1].text for s in ends] == ["ax", "ay", "az"]
+
+
+@pytest.mark.parametrize("batch_mode", ["exact", "padded"])
+def test_a_model_with_a_word_head_hands_each_stream_its_own_word_log_probs(batch_mode):
+    """The final (and partial) decoders get the word head's output with the log-probs, cut
+    to each stream's frames also when streams share a padded encoder call."""
+    h = Harness(batch_mode=batch_mode, partial_every=0, words=52)
+    seen = []
+    h.engine.decode_final = lambda lp, w: seen.append((lp.shape, w.shape)) or "text"
+    senders = h.batch(*(h.req(cid, _rois("a" * (8 + cid)), start=True, end=True)
+                        for cid in (1, 2)))  # fmt: skip
+    assert sorted(seen) == [((9, alphabet.NUM_CLASSES), (9, 52)),
+                            ((10, alphabet.NUM_CLASSES), (10, 52))]  # fmt: skip
+    assert [s.events[-1].text for s in senders] == ["text", "text"]
 
 
 def test_a_stream_over_its_length_limit_is_ended_with_a_clear_error_and_freed():

@@ -252,6 +252,8 @@ def lm_tune(
     except (ValueError, FileNotFoundError, PackageError) as e:
         _fail(str(e))
     order = f"LM order {best['lm_order']}, " if best["lm_order"] else ""
+    if best["word_weight"]:
+        order = f"word head weight {best['word_weight']}, {order}"
     typer.echo(
         f"best on {best['clips']} {split} clips: {order}alpha {best['alpha']}, "
         f"beta {best['beta']}{', grammar rescoring' if best['grammar'] else ''} "

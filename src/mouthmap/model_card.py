@@ -75,6 +75,8 @@ def render(meta: dict[str, Any]) -> str:
             f"{decoder.get('alpha')}, word bonus beta {decoder.get('beta')}"
             + (", then rescored within the slot grammar of the training transcripts"
                if decoder.get("grammar") else "")
+            + (f", with the word head's path score at weight {decoder['word_weight']}"
+               if decoder.get("grammar") and decoder.get("word_weight") else "")
             + " (tuned on val)."
         )  # fmt: skip
     ms = evaluation.get("decode_ms_per_clip", {}).get("beam")

@@ -171,13 +171,14 @@ def export_model(
     from mouthmap.compress.export import export_onnx, max_abs_difference
     from mouthmap.explain.checkpoints import file_sha256
     from mouthmap.package import git_commit, write_package
-    from mouthmap.train.trainer import load_for_inference
+    from mouthmap.train.trainer import load_for_inference, word_head
 
     model, state = load_for_inference(checkpoint_path)
+    head = word_head(state)  # exported as a second output for the slot decoder
     lm = params.path(lm_dir) if lm_dir else build_language_model(params).arpa.parent
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model_fp32.onnx")
-        parity = max_abs_difference(model, onnx_path)
+        onnx_path = export_onnx(model, Path(tmp) / "model_fp32.onnx", word_head=head)
+        parity = max_abs_difference(model, onnx_path, word_head=head)
         p = params.prepare
         meta = {
             "name": state["model_name"],

@@ -8,8 +8,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mouthmap.runtime.runner import WORDS_OUTPUT
+
 INPUT_NAMES = ("video", "lengths")
 OUTPUT_NAME = "log_probs"
+
+
+class WithWordHead(torch.nn.Module):
+    """``model`` plus the run's per-frame word head (the alignment aid), as one graph with
+    two outputs: the CTC log-probs and the word log-probs that the slot decoder reads
+    (:mod:`mouthmap.decode.slots`). Consumers that read only the first output see no change."""
+
+    def __init__(self, model: torch.nn.Module, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, video: torch.Tensor, lengths: torch.Tensor):
+        log_probs, features = self.model(video, lengths, return_features=True)
+        return log_probs, self.head(features).log_softmax(-1)
 
 
 def deployable(model: torch.nn.Module) -> torch.nn.Module:
@@ -25,8 +41,14 @@ def deployable(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, frames: int = 75) -> Path:
-    """Export ``model(video (B,1,T,88,88), lengths (B,)) -> log_probs (B,T,C)`` to ONNX."""
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | Path,
+    frames: int = 75,
+    word_head: torch.nn.Module | None = None,
+) -> Path:
+    """Export ``model(video (B,1,T,88,88), lengths (B,)) -> log_probs (B,T,C)`` to ONNX; with
+    ``word_head`` (see :func:`mouthmap.train.trainer.word_head`) also ``word_log_probs``."""
 
     if getattr(model, "modality", "video") != "video":
         raise ValueError(
@@ -36,6 +58,12 @@ def export_onnx(model: torch.nn.Module, path: str | Path, frames: int = 75) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = deployable(model)
+    outputs = [OUTPUT_NAME]
+    if word_head is not None:
+        import copy
+
+        model = WithWordHead(model, copy.deepcopy(word_head).eval())
+        outputs.append(WORDS_OUTPUT)
     video = torch.randn(2, 1, frames, 88, 88)
     lengths = torch.tensor([frames, frames - 5])
     batch = torch.export.Dim("batch", min=1, max=256)
@@ -49,24 +77,32 @@ def export_onnx(model: torch.nn.Module, path: str | Path, frames: int = 75) -> P
             dynamo=True,
             external_data=False,  # one self-contained file per model
             input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_shapes={"video": {0: batch, 2: time}, "lengths": {0: batch}},
         )
     return strip_debug_info(path)
 
 
-def max_abs_difference(model: torch.nn.Module, path: str | Path, frames: int = 61) -> float:
-    """Largest |PyTorch - ONNX Runtime| over the log-probs of a random 2-clip batch."""
+def max_abs_difference(
+    model: torch.nn.Module,
+    path: str | Path,
+    frames: int = 61,
+    word_head: torch.nn.Module | None = None,
+) -> float:
+    """Largest |PyTorch - ONNX Runtime| over the outputs (log-probs, and the word log-probs
+    with ``word_head``) of a random 2-clip batch."""
     import onnxruntime as ort
 
     video = torch.randn(2, 1, frames, 88, 88)
     lengths = torch.tensor([frames, frames - 7])
+    model = model.eval() if word_head is None else WithWordHead(model, word_head).eval()
     with torch.no_grad():
-        ref = model.eval()(video, lengths).numpy()
+        ref = model(video, lengths)
+    refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"video": video.numpy(), "lengths": lengths.numpy()})[0]
+    got = sess.run(None, {"video": video.numpy(), "lengths": lengths.numpy()})
     valid = np.arange(frames)[None, :] < lengths.numpy()[:, None]  # padded frames may differ
-    return float(np.abs(ref - got)[valid].max())
+    return max(float(np.abs(r.numpy() - g)[valid].max()) for r, g in zip(refs, got, strict=False))
 
 
 def strip_debug_info(path: str | Path) -> Path:

@@ -19,11 +19,13 @@ from mouthmap.data.prepare import read_manifest
 
 def split_log_probs(
     runner: Any, prepared: Path, df: Any, split: str, exclude: Collection[str] = ()
-) -> tuple[list[str], list[np.ndarray]]:
-    """References and the package's per-frame log-probs for the usable clips of a split."""
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray] | None]:
+    """References, the package's per-frame log-probs and, when its model has a word head,
+    the word log-probs (else None) for the usable clips of a split."""
     rows = df[(df["status"] == "ok") & (df["split"] == split) & ~df["id"].isin(exclude)]
-    outs = [runner.log_probs(cache.read_arrays(prepared / rel)["roi"]) for rel in rows["roi_path"]]
-    return list(rows["transcript"]), outs
+    outs = [runner.outputs(cache.read_arrays(prepared / rel)["roi"]) for rel in rows["roi_path"]]
+    words = [w for _, w in outs] if runner.runner.has_word_head else None
+    return list(rows["transcript"]), [lp for lp, _ in outs], words
 
 
 DECODERS = ("greedy", "beam", "words")
@@ -103,12 +105,15 @@ def evaluate_package(
     runner = Transcriber(package_dir, decoder="greedy")
     prepared = Path(prepared_dir)
     df = read_manifest(prepared)
-    outputs = {s: split_log_probs(runner, prepared, df, s, exclude) for s in splits}
+    per_split = {s: split_log_probs(runner, prepared, df, s, exclude) for s in splits}
+    outputs = {s: (refs, lps) for s, (refs, lps, _) in per_split.items()}
+    words = {s: w for s, (_, _, w) in per_split.items() if w is not None}
     meta = runner.package.meta
     return {
         "package": str(package_dir),
         "name": meta["name"],
-        **score(outputs, runner.package.lm_dir, meta.get("decoder", {}), decoders),
+        "word_head": runner.runner.has_word_head,
+        **score(outputs, runner.package.lm_dir, meta.get("decoder", {}), decoders, words or None),
     }
 
 
@@ -174,9 +179,13 @@ def tune_decoder(
     exclude: Collection[str] = (),
     lm_orders: Sequence[int] = (),
     transcripts: Sequence[str] = (),
+    word_weights: Sequence[float] = (0.5, 1.0, 2.0),
 ) -> dict[str, Any]:
     """Grid-search the LM weight and word bonus on ``split`` (never the test split) and
     store the best pair in the package's decoder settings. Ties go to the smaller alpha.
+
+    When the package's model has a word head, the grammar rescoring is also tried with each
+    of ``word_weights`` (the weight of the head's own path score, ``decoder.word_weight``).
 
     With ``lm_orders`` the n-gram order is searched too: an LM of each order is estimated
     from ``transcripts`` (the training split's) and the best on ``split`` replaces the
@@ -196,7 +205,9 @@ def tune_decoder(
         raise ValueError("searching the LM order needs the training transcripts to build LMs")
     runner = Transcriber(package_dir, decoder="greedy")
     prepared = Path(prepared_dir)
-    refs, outputs = split_log_probs(runner, prepared, read_manifest(prepared), split, exclude)
+    refs, outputs, words = split_log_probs(
+        runner, prepared, read_manifest(prepared), split, exclude
+    )
     if not refs:
         raise ValueError(f"no prepared {split} clips in {prepared} to tune on")
     settings = dict(runner.package.meta.get("decoder", {}))
@@ -217,12 +228,22 @@ def tune_decoder(
                         lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar}
                     )
                     plain = [beam.beam_search(x) for x in outputs]
-                    grid.append((wer(refs, plain), order or 0, alpha, beta, 0))
-                    if has_grammar:  # the same beam search, then the grammar's rescoring
-                        hyps = [beam.rescore(x, h) for x, h in zip(outputs, plain, strict=True)]
-                        grid.append((wer(refs, hyps), order or 0, alpha, beta, 1))
-        # ties: the lower order, then the smaller alpha and beta, then no grammar
-        best_wer, order, alpha, beta, grammar = min(grid)
+                    grid.append((wer(refs, plain), order or 0, alpha, beta, 0, 0.0))
+                    if not has_grammar:
+                        continue
+                    # the same beam search, then the grammar's rescoring (with the word head)
+                    for ww in (0.0, *(word_weights if words else ())):
+                        rescorer = beam if ww == 0 else BeamDecoder(
+                            lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": True,
+                                   "word_weight": ww})  # fmt: skip
+                        clip_words = words or [None] * len(refs)
+                        hyps = [
+                            rescorer.rescore(x, h, w)
+                            for x, h, w in zip(outputs, plain, clip_words, strict=True)
+                        ]
+                        grid.append((wer(refs, hyps), order or 0, alpha, beta, 1, ww))
+        # ties: the lower order, then the smaller alpha and beta, no grammar, less word head
+        best_wer, order, alpha, beta, grammar, word_weight = min(grid)
         if lm_orders:  # swap the winner in whole: an interruption leaves one complete LM
             lm_dir = runner.package.root / "lm"
             staged = lm_dir.with_name("lm.new")
@@ -234,17 +255,24 @@ def tune_decoder(
     tuning: dict[str, Any] = {"split": split, "clips": len(refs), "wer": best_wer}
     if lm_orders:
         tuning["lm_order"] = order
-    tuning["grid_columns"] = ["wer", "lm_order", "alpha", "beta", "grammar"]
+    tuning["grid_columns"] = ["wer", "lm_order", "alpha", "beta", "grammar", "word_weight"]
     tuning["grid"] = [list(g) for g in grid]  # lm_order 0: the package's own LM
     update_meta(
         ModelPackage.load(package_dir),
-        decoder={**settings, "alpha": alpha, "beta": beta, "grammar": bool(grammar)},
+        decoder={
+            **settings,
+            "alpha": alpha,
+            "beta": beta,
+            "grammar": bool(grammar),
+            "word_weight": word_weight,
+        },  # fmt: skip
         decoder_tuning=tuning,
         files=files,
     )
     return {
         "alpha": alpha, "beta": beta, "wer": best_wer, "split": split, "clips": len(refs),
         "lm_order": order if lm_orders else None, "grammar": bool(grammar),
+        "word_weight": word_weight,
     }  # fmt: skip
 
 

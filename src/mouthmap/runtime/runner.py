@@ -25,6 +25,10 @@ PROVIDERS: dict[str, str] = {
 }
 
 
+# optional second output of a model exported with its word head (compress/export.py): the
+# per-frame word log-probs that the slot decoder reads (decode/slots.py)
+WORDS_OUTPUT = "word_log_probs"
+
 NO_QDQ_PROPAGATION = ["QDQPropagationTransformer"]
 
 
@@ -102,6 +106,13 @@ class OnnxRunner:
             str(self.path), opts, providers=providers, disabled_optimizers=NO_QDQ_PROPAGATION
         )
         self.providers = self.session.get_providers()
+        names = [o.name for o in self.session.get_outputs()]
+        # a model exported with its word head also puts out the head's per-frame log-probs
+        self._words_at = names.index(WORDS_OUTPUT) if WORDS_OUTPUT in names else None
+
+    @property
+    def has_word_head(self) -> bool:
+        return self._words_at is not None
 
     @property
     def provider(self) -> str:
@@ -110,12 +121,24 @@ class OnnxRunner:
 
     def run(self, video: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """(B, 1, T, H, W) float32 normalised clips -> (B, T, C) log-probabilities."""
+        return self.run_all(video, lengths)[0]
+
+    def run_all(
+        self, video: np.ndarray, lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(log-probs (B, T, C), the word head's log-probs (B, T, K) or None without one)."""
         if lengths is None:
             lengths = np.full(video.shape[0], video.shape[2], dtype=np.int64)
         feeds = {"video": np.ascontiguousarray(video, dtype=np.float32),
                  "lengths": np.asarray(lengths, dtype=np.int64)}  # fmt: skip
-        return self.session.run(None, feeds)[0]
+        out = self.session.run(None, feeds)
+        return out[0], (None if self._words_at is None else out[self._words_at])
 
     def clip(self, frames: np.ndarray) -> np.ndarray:
         """One normalised clip (T, H, W) -> (T, C) log-probabilities."""
         return self.run(frames[None, None])[0]
+
+    def clip_all(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One normalised clip (T, H, W) -> (its log-probs, its word log-probs or None)."""
+        lp, words = self.run_all(frames[None, None])
+        return lp[0], (None if words is None else words[0])

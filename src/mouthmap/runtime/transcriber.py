@@ -68,13 +68,18 @@ class Transcriber:
 
     def log_probs(self, rois: np.ndarray) -> np.ndarray:
         """(T, 96, 96) uint8 ROIs -> (T, C) log-probabilities."""
+        return self.outputs(rois)[0]
+
+    def outputs(self, rois: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(T, 96, 96) uint8 ROIs -> ((T, C) log-probs, (T, K) word log-probs or None when
+        the model has no word head)."""
         off = (rois.shape[1] - self.crop) // 2
         x = rois[:, off : off + self.crop, off : off + self.crop].astype(np.float32) / 255.0
-        return self.runner.clip((x - self.package.mean) / self.package.std)
+        return self.runner.clip_all((x - self.package.mean) / self.package.std)
 
-    def decode(self, log_probs: np.ndarray) -> str:
+    def decode(self, log_probs: np.ndarray, word_log_probs: np.ndarray | None = None) -> str:
         if self._beam is not None:
-            return self._beam.decode(log_probs)
+            return self._beam.decode(log_probs, word_log_probs=word_log_probs)
         from mouthmap.decode.greedy import greedy_decode
 
         return greedy_decode(log_probs)
@@ -102,7 +107,7 @@ class Transcriber:
             )  # fmt: skip
         except roi.NoMouthError:
             raise TranscribeError(f"{p}: no mouth found in any of its {n} frames") from None
-        text = self.decode(self.log_probs(rois))
+        text = self.decode(*self.outputs(rois))
         return Transcript(
             path=str(p), text=text, frames=n, seconds=round(n / clip.fps, 3),
             decoder=self.decoder_name, elapsed_ms=round(1000 * (time.perf_counter() - t0), 1),

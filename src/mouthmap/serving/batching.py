@@ -16,10 +16,13 @@ point of batching and rounding-level differences are the price.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# the encoder: (video, lengths) -> log_probs, or a tuple of per-frame outputs (the log-probs
+# and the word head's log-probs: OnnxRunner.run_all), each (B, T, ...) or None
+Run = Callable[[np.ndarray, np.ndarray], Any]
 
 
 MODES = ("exact", "padded")
@@ -28,7 +31,8 @@ MODES = ("exact", "padded")
 def run_batch(
     run: Run, videos: list[np.ndarray], lengths: list[np.ndarray], mode: str = "exact"
 ) -> list[np.ndarray]:
-    """(b_i, 1, T_i, H, W) each -> (b_i, T_i, C) each."""
+    """(b_i, 1, T_i, H, W) each -> (b_i, T_i, C) each (a tuple of such where ``run`` gives
+    one)."""
     if mode not in MODES:
         raise ValueError(f"batch mode {mode!r}: use one of {MODES}")
     if len(videos) == 1 or mode == "exact":
@@ -43,6 +47,11 @@ def run_batch(
     out = run(batch, np.concatenate(lengths))
     res, i = [], 0
     for v in videos:
-        res.append(out[i : i + len(v), : v.shape[2]])
+        part = slice(i, i + len(v)), slice(0, v.shape[2])
+        res.append(
+            tuple(None if o is None else o[part] for o in out)
+            if isinstance(out, tuple)
+            else out[part]
+        )
         i += len(v)
     return res

@@ -81,18 +81,21 @@ def load_meta(package_dir: str | Path) -> dict[str, Any]:
 
 def make_decoder(meta: dict[str, Any], package_dir: str | Path, name: str) -> Callable:
     """The decoder ``mouthmap transcribe`` builds for this package (same class, same
-    settings from ``mouthmap.json``), as a ``log_probs (T, C) -> text`` function."""
+    settings from ``mouthmap.json``), as a ``(log_probs (T, C), word log-probs (T, K) or
+    None) -> text`` function."""
     if name == "greedy":
         from mouthmap.decode.greedy import greedy_decode
 
-        return greedy_decode
+        return lambda log_probs, word_log_probs=None: greedy_decode(log_probs)
     if name != "beam":
         raise ValueError(f"unknown decoder {name!r}: use greedy or beam")
     from mouthmap.decode.beam import BeamDecoder
 
     lm = meta.get("files", {}).get("lm")
     beam = BeamDecoder(Path(package_dir) / lm if lm else None, **meta.get("decoder", {}))
-    return beam.decode
+    return lambda log_probs, word_log_probs=None: beam.decode(
+        log_probs, word_log_probs=word_log_probs
+    )
 
 
 def normalise(rois: np.ndarray, crop: int, mean: float, std: float) -> np.ndarray:
@@ -174,7 +177,8 @@ class StreamEngine:
     """Streams by correlation id: ROIs in, partial transcripts while they arrive, the final
     transcript (the package's decoder, beam + KenLM) once the stream ends.
 
-    ``run(video, lengths) -> log_probs`` is the encoder (ONNX Runtime in the same process);
+    ``run(video, lengths) -> log_probs`` is the encoder (ONNX Runtime in the same process),
+    or ``-> (log_probs, word log-probs or None)`` for a model with a word head;
     a batch's clips go through :func:`~mouthmap.serving.batching.run_batch` (``batch_mode``).
     ``send(sender, event)`` delivers one event and completes its request (one response
     per request); ``close(sender)`` completes a request
@@ -333,10 +337,15 @@ class StreamEngine:
             return [items] if items else []
         return [[it] for it in items]
 
-    def _encode(self, rois: list[np.ndarray]) -> list[np.ndarray]:
+    def _encode(self, rois: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Each clip's (log-probs, word log-probs or None)."""
         videos = [normalise(r, self.crop, self.mean, self.std) for r in rois]
         lengths = [np.array([len(r)], np.int64) for r in rois]
-        return [out[0] for out in run_batch(self.run, videos, lengths, self.batch_mode)]
+        outs = run_batch(self.run, videos, lengths, self.batch_mode)
+        return [
+            (o[0][0], None if o[1] is None else o[1][0]) if isinstance(o, tuple) else (o[0], None)
+            for o in outs
+        ]
 
     def _finals(self, finals: list[tuple[StreamState, Any]], t0: float) -> None:
         for group in self._groups(finals):
@@ -347,9 +356,9 @@ class StreamEngine:
                 for st, sender in group:
                     self._failed(st, sender, e)
                 continue
-            for (st, sender), logp in zip(group, logps, strict=True):
+            for (st, sender), (logp, words) in zip(group, logps, strict=True):
                 try:
-                    text = self.decode_final(logp)
+                    text = self.decode_final(logp, words)
                 except Exception as e:
                     log.exception("stream %s: decoder failed", st.cid)
                     self._failed(st, sender, e)
@@ -398,8 +407,8 @@ class StreamEngine:
                 for st, sender in live:
                     self._failed(st, sender, e)
                 continue
-            for (st, sender), logp in zip(live, logps, strict=True):
-                text = self.decode_partial(logp)
+            for (st, sender), (logp, words) in zip(live, logps, strict=True):
+                text = self.decode_partial(logp, words)
                 st.last_partial = st.n
                 ev = Event(text=text, frames=st.n, server_ms=1000 * (self.clock() - t0))
                 if self._deliver(st, sender, ev):

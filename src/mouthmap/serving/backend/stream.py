@@ -118,7 +118,7 @@ class TritonPythonModel:
         self.engine = StreamEngine(
             load_meta(here / "package"),
             here / "package",
-            run=runner.run,
+            run=runner.run_all,  # the log-probs and, with a word head, the word log-probs
             send=self._send,
             close=self._close,
             limits=StreamLimits.from_params(params),
