@@ -232,12 +232,15 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     tiny_package, prepared_sample, tmp_path
 ):
     """A run trained with the alignment aid exports its word head as a second ONNX output;
-    evaluation decodes by it (``words``), tuning tries its weight in the grammar rescoring,
-    and transcribe reads both outputs. A package without a head works as before."""
+    the release tunes the head's weight in the grammar rescoring on val and scores the slot
+    decoder (``words``) beside greedy and beam; INT8 and transcribe keep reading it. A
+    package without a head works as before and refuses the words decoder."""
     from mouthmap import stages
+    from mouthmap.compress.quantize import quantize_package
     from mouthmap.config import load_params
     from mouthmap.data.corpus import WORDS, in_grammar
-    from mouthmap.evaluation.evaluate import evaluate_package, tune_decoder
+    from mouthmap.evaluation.evaluate import evaluate_package
+    from mouthmap.package import update_meta
     from mouthmap.runtime.runner import OnnxRunner
     from mouthmap.runtime.transcriber import Transcriber
     from mouthmap.train.trainer import train
@@ -246,8 +249,9 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     params = load_params(
         write_params(tmp_path, data={"prepared_dir": str(prepared)}, train={"align_weight": 1.0})
     )
-    pkg = stages.export_model(params, train(params, progress=False).best_checkpoint,
-                              tmp_path / "pkg").root  # fmt: skip
+    params.lm.tune_orders = [4]
+    ckpt = train(params, progress=False).best_checkpoint
+    pkg, _ = stages.release_model(params, ckpt, tmp_path / "pkg")
     meta = ModelPackage.load(pkg).meta
     assert meta["metrics"]["onnx_max_abs_diff"] < 1e-3  # both outputs match PyTorch
     onnx_runner = OnnxRunner(pkg / "model_fp32.onnx")
@@ -256,28 +260,24 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     assert log_probs.shape == (40, alphabet.NUM_CLASSES) and words.shape == (40, 1 + len(WORDS))
     assert np.allclose(np.exp(words).sum(-1), 1.0, atol=1e-4)
 
-    report = evaluate_package(pkg, prepared, ("test",), ("greedy", "beam", "words"))
-    assert report["word_head"] and report["test"]["words"]["clips"] == 3
-    assert all(in_grammar(hyp) for _, hyp in report["test"]["words"]["examples"])
+    # [wer, order, alpha, beta, grammar, word_weight]: the head's weights were tried on val
+    tuning = meta["decoder_tuning"]
+    assert {(row[4], row[5]) for row in tuning["grid"]} == {
+        (0, 0.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 2.0)
+    }  # fmt: skip
+    assert meta["decoder"]["word_weight"] == min(tuning["grid"])[5]
+    assert "| test | words | 3 |" in (pkg / "README.md").read_text()
+    assert all(in_grammar(h) for _, h in evaluate_package(pkg, prepared, ("test",), ("words",))
+               ["test"]["words"]["examples"])  # fmt: skip
     with pytest.raises(ValueError, match="word head"):
         evaluate_package(tiny_package, prepared, ("test",), ("words",))
 
-    best = tune_decoder(pkg, prepared, alphas=(0.0,), betas=(0.0,), word_weights=(1.0,))
-    tuning = ModelPackage.load(pkg).meta["decoder_tuning"]
-    # [wer, order, alpha, beta, grammar, word_weight]: plain, grammar, grammar + word head
-    assert sorted((row[4], row[5]) for row in tuning["grid"]) == [(0, 0.0), (1, 0.0), (1, 1.0)]
-    assert ModelPackage.load(pkg).meta["decoder"]["word_weight"] == best["word_weight"]
-
     # static INT8 keeps the second output; transcribe decodes with the head's weight
-    from mouthmap.compress.quantize import quantize_package
-
     quantize_package(pkg, prepared, methods=("ptq",), calibration_clips=4, beam=False,
                      progress=False)  # fmt: skip
     assert OnnxRunner(pkg / "model.onnx").has_word_head
-    update = {**ModelPackage.load(pkg).meta["decoder"], "grammar": True, "word_weight": 1.0}
-    from mouthmap.package import update_meta
-
-    update_meta(ModelPackage.load(pkg), decoder=update)
+    settings = {**ModelPackage.load(pkg).meta["decoder"], "grammar": True, "word_weight": 1.0}
+    update_meta(ModelPackage.load(pkg), decoder=settings)
     video, _ = sample_clip()
     out = Transcriber(pkg, decoder="beam").transcribe(video)
     assert in_grammar(out.text), out.text

@@ -321,7 +321,11 @@ def release_model(
     pkg = export_model(params, checkpoint_path, out_dir, lm_dir)
     if tune:
         tune_package_decoder(params, pkg.root)
-    results, _ = evaluate_model(params, pkg.root)
+    from mouthmap.runtime.runner import OnnxRunner
+
+    # a model with a word head is also scored by it alone (the slot decoder)
+    words = ("words",) if OnnxRunner(pkg.model_path).has_word_head else ()
+    results, _ = evaluate_model(params, pkg.root, decoders=("greedy", "beam", *words))
     cost = summarise(state["model_spec"] or state["model_name"])
     history = state.get("history", [])
     seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
