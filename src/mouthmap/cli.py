@@ -362,7 +362,7 @@ def evaluate(
     decoder: list[str] = typer.Option(
         ["greedy", "beam"],
         "--decoder",
-        help="greedy, beam and/or words (slot decoding by a checkpoint's word head)",
+        help="greedy, beam and/or words (slot decoding by the model's word head, if it has one)",
     ),  # fmt: skip
     out: Path = typer.Option(None, "--out", help="report directory (default: reports/eval)"),
     params_file: str = ParamsOpt,
