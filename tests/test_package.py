@@ -239,7 +239,7 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     from mouthmap.compress.quantize import quantize_package
     from mouthmap.config import load_params
     from mouthmap.data.corpus import WORDS, in_grammar
-    from mouthmap.evaluation.evaluate import evaluate_package
+    from mouthmap.evaluation.evaluate import evaluate_package, tune_decoder
     from mouthmap.package import update_meta
     from mouthmap.runtime.runner import OnnxRunner
     from mouthmap.runtime.transcriber import Transcriber
@@ -266,6 +266,13 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
         (0, 0.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 2.0)
     }  # fmt: skip
     assert meta["decoder"]["word_weight"] == min(tuning["grid"])[5]
+    # tuning again from a package that already reads the head: its "0" rows are really 0,
+    # so what the tuning reports is what evaluation then measures
+    update_meta(ModelPackage.load(pkg), decoder={**meta["decoder"], "word_weight": 2.0})
+    best = tune_decoder(pkg, prepared, alphas=(0.5,), betas=(0.0,), word_weights=())
+    assert best["word_weight"] == 0.0
+    val = evaluate_package(pkg, prepared, ("val",), ("beam",))["val"]["beam"]["wer"]
+    assert val == best["wer"]
     assert "| test | words | 3 |" in (pkg / "README.md").read_text()
     assert all(in_grammar(h) for _, h in evaluate_package(pkg, prepared, ("test",), ("words",))
                ["test"]["words"]["examples"])  # fmt: skip

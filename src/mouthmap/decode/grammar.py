@@ -138,7 +138,10 @@ def rescore(
     if np.asarray(log_probs).shape[0] == 0:
         return hypothesis
     if starts:
-        ends = [_climb(log_probs, h, grammar, lm, alpha, extra) for h in (hypothesis, *starts)]
+        cache: dict[str, float] = {}  # climbs from several starts meet the same sentences
+        ends = [
+            _climb(log_probs, h, grammar, lm, alpha, extra, cache) for h in (hypothesis, *starts)
+        ]
         best_text, best_score = max(ends, key=lambda e: e[1])
         return best_text if math.isfinite(best_score) else hypothesis
     text, score = _climb(log_probs, hypothesis, grammar, lm, alpha, extra)
@@ -152,20 +155,24 @@ def _climb(
     lm: Any,
     alpha: float,
     extra: Callable[[list[str]], np.ndarray] | None,
+    cache: dict[str, float] | None = None,
 ) -> tuple[str, float]:
-    """(sentence, its score) at the top of the single-slot climb from ``hypothesis``."""
-    lm_cache: dict[str, float] = {}
+    """(sentence, its score) at the top of the single-slot climb from ``hypothesis``;
+    ``cache`` keeps the sentences' scores for another climb over the same clip."""
+    known: dict[str, float] = {} if cache is None else cache
 
     def lm_score(text: str) -> float:
         if lm is None or alpha == 0:
             return 0.0
-        if text not in lm_cache:
-            lm_cache[text] = alpha * lm.score(text, bos=True, eos=True) * math.log(10)
-        return lm_cache[text]
+        return alpha * lm.score(text, bos=True, eos=True) * math.log(10)
 
     def scores(texts: list[str]) -> np.ndarray:
-        out = ctc_log_likelihood(log_probs, texts) + np.array([lm_score(t) for t in texts])
-        return out + extra(texts) if extra is not None else out
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            got = ctc_log_likelihood(log_probs, new) + np.array([lm_score(t) for t in new])
+            got = got + extra(new) if extra is not None else got
+            known.update(zip(new, got.tolist(), strict=True))
+        return np.array([known[t] for t in texts])
 
     words = grammar.start(hypothesis)
     current = " ".join(words)

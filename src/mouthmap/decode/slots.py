@@ -54,32 +54,41 @@ def slot_viterbi(
         [silence] * (n_slots + 1) + [c for s in slot_classes for c in s], dtype=np.int64
     )
     word_slot = np.concatenate([np.full(len(s), i) for i, s in enumerate(slot_classes)])
+    prev_slot, has_prev = np.maximum(word_slot - 1, 0), word_slot > 0
+    # each slot's word states as a row, padded with a state that stays -inf (index n_states)
+    width = max(len(s) for s in slot_classes)
+    rows = np.full((n_slots, width), n_states, dtype=np.int64)
+    for i in range(n_slots):
+        rows[i, : offsets[i + 1] - offsets[i]] = np.arange(offsets[i], offsets[i + 1])
+    gaps, words = np.arange(n_slots + 1), slice(offsets[0], n_states)
+    word_states = np.arange(offsets[0], n_states)
     neg = -np.inf
-    score = np.full(n_states, neg)
+    score = np.full(n_states + 1, neg)
     score[0] = lp[0, silence]
     score[offsets[0] : offsets[1]] = lp[0, list(slot_classes[0])]
     back = np.zeros((t_max, n_states), dtype=np.int64)
     for t in range(1, t_max):
         # best way into each slot: from its gap, or straight from any word of the slot before
-        slot_best = np.array([score[offsets[i] : offsets[i + 1]].max() for i in range(n_slots)])
-        slot_arg = [offsets[i] + int(np.argmax(score[offsets[i] : offsets[i + 1]]))
-                    for i in range(n_slots)]  # fmt: skip
-        new = np.full(n_states, neg)
+        by_slot = score[rows]
+        arg = by_slot.argmax(axis=1)
+        slot_best, slot_arg = by_slot[np.arange(n_slots), arg], rows[np.arange(n_slots), arg]
+        new = np.full(n_states + 1, neg)
         # gaps: stay, or leave the slot before (gap 0 can only stay)
-        for g in range(n_slots + 1):
-            stay = score[g]
-            enter = slot_best[g - 1] if g > 0 else neg
-            new[g], back[t, g] = (stay, g) if stay >= enter else (enter, slot_arg[g - 1])
+        stay = score[: n_slots + 1]
+        enter = np.concatenate([[neg], slot_best])
+        keep = stay >= enter
+        new[: n_slots + 1] = np.where(keep, stay, enter)
+        back[t, : n_slots + 1] = np.where(keep, gaps, np.concatenate([[0], slot_arg]))
         # words: stay, or come from this slot's gap, or from the previous slot's best word
-        words = slice(offsets[0], n_states)
         stay = score[words]
         gap = score[word_slot]  # gap index == slot index
-        prev = np.where(word_slot > 0, slot_best[np.maximum(word_slot - 1, 0)], neg)
-        prev_arg = np.array([slot_arg[i - 1] if i > 0 else 0 for i in word_slot])
+        prev = np.where(has_prev, slot_best[prev_slot], neg)
         choice = np.argmax(np.stack([stay, gap, prev]), axis=0)
         new[words] = np.choose(choice, [stay, gap, prev])
-        back[t, words] = np.choose(choice, [np.arange(offsets[0], n_states), word_slot, prev_arg])
-        score = new + lp[t, state_class]
+        back[t, words] = np.choose(choice, [word_states, word_slot, slot_arg[prev_slot]])
+        new[:n_states] += lp[t, state_class]
+        score = new
+    score = score[:n_states]
     last_slot = slice(offsets[-2], offsets[-1])
     ends = [(score[n_slots], n_slots), *((score[s], s) for s in range(last_slot.start, n_states))]
     best, state = max(ends)

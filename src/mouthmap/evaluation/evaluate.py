@@ -225,8 +225,10 @@ def tune_decoder(
             for alpha in alphas:
                 for beta in betas:
                     beam = BeamDecoder(
-                        lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar}
-                    )
+                        lm,
+                        **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar,
+                           "word_weight": 0.0},  # the package's own weight is one of the tried
+                    )  # fmt: skip
                     plain = [beam.beam_search(x) for x in outputs]
                     grid.append((wer(refs, plain), order or 0, alpha, beta, 0, 0.0))
                     if not has_grammar:
