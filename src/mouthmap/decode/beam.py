@@ -11,6 +11,7 @@ above ``token_min_logp`` in every surviving beam, so these two settings set the 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,14 +144,9 @@ class BeamDecoder:
         self.alpha = alpha
         self.word_weight = word_weight
         self.grammar = None
-        self._word_slots = None
         if grammar:
             self.grammar = _grammar(self.lm_files)
             self._kenlm = self._decoder._language_model._kenlm_model  # loaded once, shared
-            if word_weight > 0:
-                from mouthmap.decode.slots import WordSlots
-
-                self._word_slots = WordSlots(self.grammar.slots)
 
     def decode(self, log_probs: Any, length: int | None = None, word_log_probs: Any = None) -> str:
         """Best transcript of one clip's ``(T, C)`` log-probs (array or tensor); with the
@@ -176,21 +172,37 @@ class BeamDecoder:
             token_min_logp=self.token_min_logp,
         )
 
-    def rescore(self, log_probs: Any, text: str, word_log_probs: Any = None) -> str:
+    def rescore(
+        self,
+        log_probs: Any,
+        text: str,
+        word_log_probs: Any = None,
+        word_weight: float | None = None,
+    ) -> str:
         """``text`` (this decoder's beam result for ``log_probs``) moved to the best sentence of
-        the slot grammar near it; unchanged without a grammar."""
+        the slot grammar near it; unchanged without a grammar. ``word_weight``: another weight
+        for the word head than the decoder's own (the tuning tries several on one decoder)."""
         if self.grammar is None:
             return text
         from mouthmap.decode.grammar import rescore
 
+        weight = self.word_weight if word_weight is None else word_weight
         extra, starts = None, ()
-        if self._word_slots is not None and word_log_probs is not None:
+        if word_log_probs is not None and weight > 0:
             words = frames(word_log_probs)
-            extra = self._word_slots.scorer(words, self.word_weight)
+            extra = self._word_slots.scorer(words, weight)
             starts = (self._word_slots.decode(words),)
         return rescore(
             frames(log_probs), text, self.grammar, self._kenlm, self.alpha, extra, starts
         )
+
+    @functools.cached_property
+    def _word_slots(self):
+        """The grammar in the word head's classes (built on first use: only a grammar of
+        GRID's words has them)."""
+        from mouthmap.decode.slots import WordSlots
+
+        return WordSlots(self.grammar.slots)
 
     def decode_batch(self, log_probs: Any, lengths: Sequence[int] | None = None) -> list[str]:
         """Transcripts of a ``(B, T, C)`` batch or list of ``(T, C)``; one process, in order."""
@@ -199,6 +211,6 @@ class BeamDecoder:
     def __repr__(self) -> str:
         lm = "no LM" if self.lm_files is None else str(self.lm_files.arpa)
         grammar = ", grammar" if self.grammar is not None else ""
-        if self._word_slots is not None:
+        if self.grammar is not None and self.word_weight > 0:
             grammar += f", word_weight={self.word_weight}"
         return f"BeamDecoder({lm}, beam_width={self.beam_width}{grammar})"

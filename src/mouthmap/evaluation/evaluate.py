@@ -225,22 +225,17 @@ def tune_decoder(
             for alpha in alphas:
                 for beta in betas:
                     beam = BeamDecoder(
-                        lm,
-                        **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar,
-                           "word_weight": 0.0},  # the package's own weight is one of the tried
-                    )  # fmt: skip
+                        lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": has_grammar}
+                    )
                     plain = [beam.beam_search(x) for x in outputs]
                     grid.append((wer(refs, plain), order or 0, alpha, beta, 0, 0.0))
                     if not has_grammar:
                         continue
                     # the same beam search, then the grammar's rescoring (with the word head)
+                    clip_words = words or [None] * len(refs)
                     for ww in (0.0, *(word_weights if words else ())):
-                        rescorer = beam if ww == 0 else BeamDecoder(
-                            lm, **{**settings, "alpha": alpha, "beta": beta, "grammar": True,
-                                   "word_weight": ww})  # fmt: skip
-                        clip_words = words or [None] * len(refs)
                         hyps = [
-                            rescorer.rescore(x, h, w)
+                            beam.rescore(x, h, w, word_weight=ww)
                             for x, h, w in zip(outputs, plain, clip_words, strict=True)
                         ]
                         grid.append((wer(refs, hyps), order or 0, alpha, beta, 1, ww))
