@@ -68,17 +68,22 @@ def test_fine_tuning_starts_from_the_given_checkpoint(prepared_sample, tmp_path)
 
     for sub in "abc":
         (tmp_path / sub).mkdir()
-    first = train(_params(tmp_path / "a", prepared_sample, epochs=1), progress=False)
+    first = train(_params(tmp_path / "a", prepared_sample, epochs=1, align_weight=1.0),
+                  progress=False)  # fmt: skip
     start, _ = load_for_inference(first.best_checkpoint)
     # lr ~0 so the fine-tuned weights can only equal the starting ones if they were loaded
     tuned = train(
-        _params(tmp_path / "b", prepared_sample, epochs=1, lr=1e-12,
+        _params(tmp_path / "b", prepared_sample, epochs=1, lr=1e-12, align_weight=1.0,
                 init_from=str(first.best_checkpoint)),
         progress=False,
     )  # fmt: skip
     after, _ = load_for_inference(tuned.out_dir / "last.pt")
     w0, w1 = dict(start.named_parameters()), dict(after.named_parameters())
     assert all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in w0)  # (BatchNorm stats move)
+    # the word head comes along: a fine-tune goes on from it, not from a fresh one
+    h0 = checkpoint.load(first.best_checkpoint)["objective"]["align_head"]
+    h1 = checkpoint.load(tuned.out_dir / "last.pt")["objective"]["align_head"]
+    assert all(torch.allclose(h0[k], h1[k], atol=1e-6) for k in h0)
 
     student = checkpoint.load(first.best_checkpoint)
     student["model"] = {"nonsense.weight": torch.zeros(1)}

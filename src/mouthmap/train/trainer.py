@@ -90,11 +90,16 @@ def hardware_description(device: torch.device, world_size: int = 1) -> str:
     return f"{world_size} x {what}" if world_size > 1 else what
 
 
-def init_weights(model: torch.nn.Module, path: Path) -> None:
-    """Start from another run's weights: the same architecture is required, the rest is new."""
+def init_weights(model: torch.nn.Module, path: Path, objective: CTCObjective | None = None) -> None:
+    """Start from another run's weights: the same architecture is required, the rest is new.
+
+    With ``objective`` (already set up) its own weights (the word head) come along too, so a
+    fine-tune goes on from the head it was trained with instead of a fresh one."""
     state = checkpoint.load(path)
     try:
         model.load_state_dict(state["model"])
+        if objective is not None:
+            objective.load_state_dict(state.get("objective") or {})
     except RuntimeError as e:
         raise checkpoint.CheckpointError(
             f"{path} holds {state.get('model_name')!r} weights that do not fit this model: "
@@ -165,9 +170,9 @@ def train(
     last_path, best_path = out / "last.pt", out / "best.pt"
 
     model = build_model_from(params).to(device)  # an unknown name fails before data loads
-    if tp.init_from and not (resume and last_path.exists()):
-        init_weights(model, params.path(tp.init_from))
     objective.setup(model, device)  # teachers load (or fail) before data loads, too
+    if tp.init_from and not (resume and last_path.exists()):
+        init_weights(model, params.path(tp.init_from), objective)
     with_audio = objective.needs_audio or modality_of(model) == "audio"
     train_loader, val_loader, sampler, norm = _loaders(
         params, dinfo, with_audio, objective.needs_alignment
