@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,9 +47,7 @@ def split_transcripts(split_file: Path, grid: Path) -> dict[str, list[str]]:
     return out
 
 
-def time_per_clip(
-    fn: Callable[[np.ndarray], str], xs: Sequence[np.ndarray], repeats: int
-) -> list[float]:
+def time_per_clip(fn: Callable[[Any], str], xs: Sequence[Any], repeats: int) -> list[float]:
     """Per-clip seconds (best of ``repeats`` for each clip) after one warm-up pass."""
     for x in xs[: min(10, len(xs))]:
         fn(x)
@@ -104,24 +103,36 @@ def bench_profile(
 
 
 def bench_package(package: Path, prepared: Path, repeats: int) -> None:
-    """Greedy, beam and beam+LM on a trained model's outputs for the real test clips."""
+    """Greedy, beam and beam+LM on a trained model's outputs for the real test clips; with
+    the package's word head too when it has one (the decoder it ships with)."""
     from mouthmap.data.prepare import read_manifest
+    from mouthmap.decode.slots import WordSlots
     from mouthmap.evaluation.evaluate import split_log_probs
     from mouthmap.runtime.transcriber import Transcriber
 
     runner = Transcriber(package, decoder="greedy")
-    refs, xs = split_log_probs(runner, prepared, read_manifest(prepared), "test")
+    refs, xs, words = split_log_probs(runner, prepared, read_manifest(prepared), "test")
     settings = runner.package.meta.get("decoder", {})
-    decoders: dict[str, Callable[[np.ndarray], str]] = {
-        "greedy": greedy_decode,
-        "beam (no LM)": BeamDecoder(None, beam_width=settings.get("beam_width", 16)).decode,
-        "beam + LM": BeamDecoder(runner.package.lm_dir, **settings).decode,
+    beam_lm = BeamDecoder(runner.package.lm_dir, **settings)
+    no_lm = BeamDecoder(None, beam_width=settings.get("beam_width", 16))
+    decoders: dict[str, Callable[[int], str]] = {  # by clip index: the head's output goes too
+        "greedy": lambda i: greedy_decode(xs[i]),
+        "beam (no LM)": lambda i: no_lm.decode(xs[i]),
+        "beam + LM": lambda i: beam_lm.decode(xs[i]),
     }
+    if words is not None and beam_lm.grammar is not None:
+        slots = WordSlots(beam_lm.grammar.slots)
+        decoders["word head"] = lambda i: slots.decode(words[i])
+        if beam_lm.word_weight > 0:
+            decoders["+ word head"] = lambda i: beam_lm.decode(xs[i], word_log_probs=words[i])
     print(f"[{package}] {len(xs)} real test clips, {xs[0].shape[0]}x{xs[0].shape[1]}, 1 core")
+    if "+ word head" in decoders:
+        print(f"  '+ word head': the package's decoder (beam + LM + word head, {beam_lm!r})")
     results = {}
+    clips = list(range(len(xs)))
     for label, fn in decoders.items():
-        results[label] = evaluate(refs, [fn(x) for x in xs])
-        print(f"  {label:14s} {summary(time_per_clip(fn, xs, repeats))}")
+        results[label] = evaluate(refs, [fn(i) for i in clips])
+        print(f"  {label:14s} {summary(time_per_clip(fn, clips, repeats))}")
     print()
     print(evaluation_table(results))
 

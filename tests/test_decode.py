@@ -386,3 +386,16 @@ def test_beam_rescoring_weighs_the_word_head_when_the_model_has_one(lm: LMFiles)
     assert "word_weight=1.0" in repr(hybrid)
     with pytest.raises(ValueError, match="word_weight"):
         BeamDecoder(lm, word_weight=-1.0)
+
+
+def test_with_a_word_head_decoding_climbs_from_its_sentence_without_a_beam_search(
+    lm: LMFiles, monkeypatch: pytest.MonkeyPatch
+):
+    from mouthmap.decode.slots import WordSlots
+
+    # the head leans to the wrong colour; CTC spells the right one clearly
+    words = word_log_probs(SENTENCE, {1: {"red": 0.5, "blue": 0.4}})
+    assert WordSlots().decode(words) == SENTENCE.replace("blue", "red")
+    hybrid = BeamDecoder(lm, grammar=True, word_weight=1.0)
+    monkeypatch.setattr(hybrid, "beam_search", lambda *_: pytest.fail("beam search ran"))
+    assert hybrid.decode(spike_log_probs(SENTENCE), word_log_probs=words) == SENTENCE

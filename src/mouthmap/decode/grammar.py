@@ -125,41 +125,17 @@ def rescore(
     lm: Any = None,
     alpha: float = 0.5,
     extra: Callable[[list[str]], np.ndarray] | None = None,
-    starts: Sequence[str] = (),
 ) -> str:
     """The best grammatical sentence reachable from ``hypothesis`` by single-slot changes.
 
     ``lm``: a ``kenlm.Model`` (or anything with ``score(sentence, bos=, eos=)`` in log10),
     weighted by ``alpha`` in natural-log units as in the beam search; ``None``: CTC only.
     ``extra``: more evidence, natural-log scores of whole sentences added to theirs (the word
-    head's, :func:`mouthmap.decode.slots.word_scorer`); ``starts``: more sentences to climb
-    from (another decoder's answer), the best end wins.
+    head's, :meth:`mouthmap.decode.slots.WordSlots.scorer`).
     """
     if np.asarray(log_probs).shape[0] == 0:
         return hypothesis
-    if starts:
-        cache: dict[str, float] = {}  # climbs from several starts meet the same sentences
-        ends = [
-            _climb(log_probs, h, grammar, lm, alpha, extra, cache) for h in (hypothesis, *starts)
-        ]
-        best_text, best_score = max(ends, key=lambda e: e[1])
-        return best_text if math.isfinite(best_score) else hypothesis
-    text, score = _climb(log_probs, hypothesis, grammar, lm, alpha, extra)
-    return text if math.isfinite(score) else hypothesis
-
-
-def _climb(
-    log_probs: np.ndarray,
-    hypothesis: str,
-    grammar: SlotGrammar,
-    lm: Any,
-    alpha: float,
-    extra: Callable[[list[str]], np.ndarray] | None,
-    cache: dict[str, float] | None = None,
-) -> tuple[str, float]:
-    """(sentence, its score) at the top of the single-slot climb from ``hypothesis``;
-    ``cache`` keeps the sentences' scores for another climb over the same clip."""
-    known: dict[str, float] = {} if cache is None else cache
+    known: dict[str, float] = {}
 
     def lm_score(text: str) -> float:
         if lm is None or alpha == 0:
@@ -192,4 +168,4 @@ def _climb(
             break
         best, current = float(got[k]), cands[k]
         words = current.split()
-    return current, best
+    return current if math.isfinite(best) else hypothesis

@@ -231,7 +231,7 @@ def tune_decoder(
                     grid.append((wer(refs, plain), order or 0, alpha, beta, 0, 0.0))
                     if not has_grammar:
                         continue
-                    # the same beam search, then the grammar's rescoring (with the word head)
+                    # the grammar rescoring of that beam search (or, with the head, of its sentence)
                     clip_words = words or [None] * len(refs)
                     for ww in (0.0, *(word_weights if words else ())):
                         hyps = [
