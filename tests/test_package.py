@@ -236,6 +236,7 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     decoder (``words``) beside greedy and beam; INT8 and transcribe keep reading it. A
     package without a head works as before and refuses the words decoder."""
     from mouthmap import stages
+    from mouthmap.compress.qat import QATSettings
     from mouthmap.compress.quantize import quantize_package
     from mouthmap.config import load_params
     from mouthmap.data.corpus import WORDS, in_grammar
@@ -279,9 +280,12 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     with pytest.raises(ValueError, match="word head"):
         evaluate_package(tiny_package, prepared, ("test",), ("words",))
 
-    # static INT8 keeps the second output; transcribe decodes with the head's weight
-    quantize_package(pkg, prepared, methods=("ptq",), calibration_clips=4, beam=False,
-                     progress=False)  # fmt: skip
+    # both INT8 kinds keep the second output (QAT fine-tunes CTC and quantizes the head as
+    # it is), and the choice between them decodes with it; transcribe reads the head too
+    report = quantize_package(pkg, prepared, ckpt, methods=("ptq", "qat"), calibration_clips=4,
+                              qat_settings=QATSettings(limit_train=8), progress=False)  # fmt: skip
+    for method in ("ptq", "qat"):
+        assert OnnxRunner(pkg / report["methods"][method]["file"]).has_word_head, method
     assert OnnxRunner(pkg / "model.onnx").has_word_head
     settings = {**ModelPackage.load(pkg).meta["decoder"], "grammar": True, "word_weight": 1.0}
     update_meta(ModelPackage.load(pkg), decoder=settings)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import sample_clip, write_params
 from mouthmap.cli import app
+from mouthmap.package import DEFAULT_PACKAGE
 
 runner = CliRunner()
 
@@ -238,6 +239,33 @@ def test_bench_quick_writes_json_markdown_and_plot_with_every_row(
     md = (out / "bench.md").read_text()
     assert all(n in md for n in names) and "| target |" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not DEFAULT_PACKAGE.is_dir(), reason="no released package under models/")
+def test_bench_scores_a_model_with_a_word_head_as_evaluate_does(prepared_sample):
+    """The released student reads its word head: bench's beam WER for the deployed INT8 file
+    and for the PyTorch checkpoint is the package decoder's, the one `evaluate` reports."""
+    from mouthmap.compress.clips import load_clips
+    from mouthmap.decode.beam import BeamDecoder
+    from mouthmap.evaluation.evaluate import evaluate_package
+    from mouthmap.package import ModelPackage
+    from mouthmap.runtime import bench
+
+    pkg = ModelPackage.load(DEFAULT_PACKAGE)
+    assert pkg.meta["decoder"]["word_weight"] > 0
+    prepared = prepared_sample / "prepared"
+    clips = load_clips(prepared, "test", pkg.mean, pkg.std, None)
+    beam = BeamDecoder(pkg.lm_dir, **pkg.meta["decoder"])
+    evaluated = evaluate_package(pkg.root, prepared, ("test",), ("beam",))["test"]["beam"]["wer"]
+    for v in (bench.Variant("ORT INT8", "onnx", str(pkg.model_path)),
+              bench.Variant("PyTorch FP32", "torch", str(pkg.checkpoint_path))):  # fmt: skip
+        run, loaded, _ = bench._forward(v)
+        run_all = bench._with_words(v, loaded, run)
+        _, words = run_all(clips[0].frames[None, None], np.array([len(clips[0].frames)]))
+        assert words is not None and words.shape[-1] == 52, v.name
+        scored = bench.measure_wer(run_all, clips, beam)
+        if v.kind == "onnx":
+            assert scored["wer_beam"] == evaluated
 
 
 def test_export_mobile_writes_the_ort_model_and_the_nnapi_report(quantized, tmp_path):

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ def fine_tune(
     with tqdm(total=total, desc="QAT fine-tune", unit="batch", disable=not progress) as bar:
         for _ in range(settings.epochs):
             for batch in loader:
-                log_probs = prepared(batch.video, batch.video_lengths)
+                log_probs = _log_probs(prepared(batch.video, batch.video_lengths))
                 loss = ctc_loss(log_probs, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -125,10 +126,19 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return convert_pt2e(prepared)
 
 
-def export_quantized(converted: torch.fx.GraphModule, path: str | Path) -> Path:
+def _log_probs(out: Any) -> torch.Tensor:
+    """The CTC log-probs of a model's output (the first of two with a word head)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def export_quantized(
+    converted: torch.fx.GraphModule, path: str | Path, word_head: bool = False
+) -> Path:
     """The converted model to a QDQ ONNX with dynamic batch and time; checked with onnx.
-    Only the dynamo exporter handles the converted graph (the TorchScript one fails)."""
+    Only the dynamo exporter handles the converted graph (the TorchScript one fails).
+    ``word_head``: the model also returns the word log-probs (:class:`WithWordHead`)."""
     from mouthmap.compress.export import INPUT_NAMES, OUTPUT_NAME, strip_debug_info
+    from mouthmap.runtime.runner import WORDS_OUTPUT
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +146,8 @@ def export_quantized(converted: torch.fx.GraphModule, path: str | Path) -> Path:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             converted, _example(), str(path), dynamo=True, external_data=False,
-            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME, *([WORDS_OUTPUT] if word_head else [])],
             dynamic_shapes=_dynamic_shapes(),
         )  # fmt: skip
     return strip_debug_info(path)
@@ -147,7 +158,7 @@ def _max_abs_diff(model: torch.nn.Module, path: Path, frames: int = 61) -> float
 
     video, lengths = _example(frames)
     with torch.no_grad():
-        ref = model(video, lengths).numpy()
+        ref = _log_probs(model(video, lengths)).numpy()
     got = OnnxRunner(path).run(video.numpy(), lengths.numpy())
     valid = np.arange(frames)[None, :] < lengths.numpy()[:, None]
     return float(np.abs(ref - got)[valid].max())
@@ -176,18 +187,24 @@ def quantize_qat(
     exclude=(),
     progress: bool = True,
 ) -> QATResult:
-    """Checkpoint -> QAT fine-tune -> INT8 QDQ ONNX at ``out``."""
-    from mouthmap.train.trainer import load_for_inference
+    """Checkpoint -> QAT fine-tune -> INT8 QDQ ONNX at ``out``. A run's word head goes into
+    the INT8 model too, as the FP32 export has it (the package's decoder reads it); the
+    fine-tune is CTC only, so the head is quantized as it is, not retrained."""
+    from mouthmap.compress.export import WithWordHead
+    from mouthmap.train.trainer import load_for_inference, word_head
 
     s = settings or QATSettings()
     t0 = time.perf_counter()
     model, state = load_for_inference(checkpoint_path)
+    head = word_head(state)
+    if head is not None:
+        model = WithWordHead(model, head).eval()
     norm = state["normalisation"]
     loader = train_loader(prepared_dir, norm["mean"], norm["std"], s, exclude)
     prepared = prepare(model)
     losses = fine_tune(prepared, loader, s, progress)
     converted = convert(prepared)
-    path = export_quantized(converted, out)
+    path = export_quantized(converted, out, word_head=head is not None)
     return QATResult(
         path, len(losses), time.perf_counter() - t0, losses, _max_abs_diff(converted, path)
     )

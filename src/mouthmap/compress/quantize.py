@@ -41,8 +41,19 @@ class Comparison:
     max_abs_diff: float  # largest |log-prob difference| on valid frames
 
 
-def _decode_all(outputs: list[np.ndarray], decode: Callable[[np.ndarray], str]) -> list[str]:
-    return [decode(x) for x in outputs]
+Outputs = list[tuple[np.ndarray, np.ndarray | None]]  # per clip: log-probs, word log-probs
+
+
+def model_outputs(path: str | Path, clips: Sequence[Clip]) -> Outputs:
+    """Each clip's log-probs and, from a model with a word head, its word log-probs."""
+    from mouthmap.runtime.runner import OnnxRunner
+
+    runner = OnnxRunner(path)
+    return [runner.clip_all(c.frames) for c in clips]
+
+
+def _decode_all(outputs: Outputs, decode: Callable[..., str]) -> list[str]:
+    return [decode(x, word_log_probs=w) for x, w in outputs]
 
 
 def compare(
@@ -50,24 +61,27 @@ def compare(
     reference: str | Path,
     clips: Sequence[Clip],
     beam: Any | None = None,
-    reference_outputs: list[np.ndarray] | None = None,
+    reference_outputs: Outputs | None = None,
 ) -> Comparison:
-    """Transcripts and log-probs of ``candidate`` against ``reference`` (FP32) on ``clips``."""
+    """Transcripts and log-probs of ``candidate`` against ``reference`` (FP32) on ``clips``.
+    The beam decoder reads each model's word head where it has one (as the package would),
+    so an INT8 file that lost the head is scored as what it is."""
     from mouthmap.decode.greedy import greedy_decode
     from mouthmap.evaluation.metrics import wer
-    from mouthmap.runtime.runner import OnnxRunner
 
     refs = [c.text for c in clips]
     if reference_outputs is None:
-        ref_runner = OnnxRunner(reference)
-        reference_outputs = [ref_runner.clip(c.frames) for c in clips]
-    runner = OnnxRunner(candidate)
-    outs = [runner.clip(c.frames) for c in clips]
-    g_ref, g_new = _decode_all(reference_outputs, greedy_decode), _decode_all(outs, greedy_decode)
+        reference_outputs = model_outputs(reference, clips)
+    outs = model_outputs(candidate, clips)
+
+    def greedy(x: np.ndarray, word_log_probs: Any = None) -> str:
+        return greedy_decode(x)
+
+    g_ref, g_new = _decode_all(reference_outputs, greedy), _decode_all(outs, greedy)
     b_ref = b_new = None
     if beam is not None:
         b_ref, b_new = _decode_all(reference_outputs, beam.decode), _decode_all(outs, beam.decode)
-    pairs = list(zip(reference_outputs, outs, strict=True))
+    pairs = [(a[0], b[0]) for a, b in zip(reference_outputs, outs, strict=True)]
     frames = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in pairs])
 
     def agreement(a: list[str] | None, b: list[str] | None) -> float | None:
@@ -124,7 +138,6 @@ def quantize_package(
     install the best as ``model.onnx``; returns the report also stored in ``mouthmap.json``."""
     from mouthmap.compress import ptq, qat
     from mouthmap.package import ModelPackage, update_meta
-    from mouthmap.runtime.runner import OnnxRunner
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -168,8 +181,7 @@ def quantize_package(
         from mouthmap.decode.beam import BeamDecoder
 
         decoder = BeamDecoder(pkg.lm_dir, **pkg.meta.get("decoder", {}))
-    fp32_runner = OnnxRunner(fp32)
-    ref_outputs = [fp32_runner.clip(c.frames) for c in sel]
+    ref_outputs = model_outputs(fp32, sel)
     for method, info in results.items():
         path = pkg.root / FILES[method]
         info["file"] = FILES[method]

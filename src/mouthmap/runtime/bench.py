@@ -3,7 +3,8 @@
 One command, one machine, the same clips: PyTorch FP32 eager, ONNX Runtime FP32, ORT INT8
 (static PTQ, QAT, dynamic) and the teacher (PyTorch FP32 eager). Per variant: file size,
 parameters, latency per clip (p50/p95) at 1 and 2 threads, throughput at batch 8, peak RSS
-and WER on the test split (greedy and beam+LM). Latency and WER are measured in this process;
+and WER on the test split (greedy, and the package's beam+LM decoder, which reads the
+model's word head where it has one). Latency and WER are measured in this process;
 peak RSS in a fresh child process per variant (see :func:`peak_rss`), because a process's
 peak only grows and would otherwise carry every earlier variant. This module imports no
 torch at the top so that the ORT children do not pay for it.
@@ -234,17 +235,53 @@ def _peak_kb() -> int:
 # --- accuracy ------------------------------------------------------------------------------
 
 
+def _with_words(
+    v: Variant, loaded: Any, run: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """``(video, lengths) -> (log_probs, word log-probs or None)``: what the package's decoder
+    reads, the word head's output included where the variant has one."""
+    if v.kind == "onnx":
+        return loaded.run_all
+    head = None
+    if v.trained:
+        from mouthmap.train import checkpoint
+        from mouthmap.train.trainer import word_head
+
+        head = word_head(checkpoint.load(v.source))
+    if head is None:
+        return lambda video, lengths: (run(video, lengths), None)
+    import torch
+
+    from mouthmap.compress.export import WithWordHead
+
+    both = WithWordHead(loaded, head).eval()
+
+    def run_all(video: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            log_probs, words = both(torch.from_numpy(video), torch.from_numpy(lengths))
+        return log_probs.numpy(), words.numpy()
+
+    return run_all
+
+
 def measure_wer(
-    run: Callable[[np.ndarray, np.ndarray], np.ndarray], clips: Sequence[Any], beam: Any | None
+    run_all: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+    clips: Sequence[Any],
+    beam: Any | None,
 ) -> dict[str, float | None]:
+    """Greedy WER, and the beam decoder's (the package's, with the word head it reads)."""
     from mouthmap.decode.greedy import greedy_decode
     from mouthmap.evaluation.metrics import wer
 
-    outs = [run(c.frames[None, None], np.array([len(c.frames)], dtype=np.int64))[0] for c in clips]
+    outs = []
+    for c in clips:
+        log_probs, words = run_all(c.frames[None, None], np.array([len(c.frames)], np.int64))
+        outs.append((log_probs[0], None if words is None else words[0]))
     refs = [c.text for c in clips]
+    beam_hyps = None if beam is None else [beam.decode(x, word_log_probs=w) for x, w in outs]
     return {
-        "wer_greedy": wer(refs, [greedy_decode(x) for x in outs]),
-        "wer_beam": wer(refs, [beam.decode(x) for x in outs]) if beam is not None else None,
+        "wer_greedy": wer(refs, [greedy_decode(x) for x, _ in outs]),
+        "wer_beam": wer(refs, beam_hyps) if beam_hyps is not None else None,
     }
 
 
@@ -375,7 +412,7 @@ def run_bench(
         row.throughput_threads = speed["throughput_threads"]
         if v.trained:
             clips = test_clips(norm["mean"], norm["std"]) if norm else pkg_clips
-            row.__dict__.update(measure_wer(run, clips, beam))
+            row.__dict__.update(measure_wer(_with_words(v, loaded, run), clips, beam))
             row.test_clips = len(clips)
         if s.rss:
             row.peak_rss_mb = peak_rss(v, s)
@@ -483,7 +520,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"{report['clip_seconds']:.0f} s clips ({report['settings']['frames']} frames), "
-        f"{report['settings']['repeats']} timed runs each; WER on {clips} test clips. "
+        f"{report['settings']['repeats']} timed runs each; WER on {clips} test clips "
+        "(beam: the package's decoder, with the word head where the model has one). "
         f"{m['cpu']} ({m['cores']} cores, AVX2 {'yes' if m['avx2'] else 'no'}, "
         f"VNNI {'yes' if m['vnni'] else 'no'}), ONNX Runtime {m['onnxruntime']}"
         + (f", PyTorch {m['torch']}" if "torch" in m else "")
