@@ -222,6 +222,8 @@ def tune_decoder(
         for order, lm in lms.items():
             files = LMFiles.in_dir(lm) if isinstance(lm, Path) else lm
             has_grammar = files is not None and files.grammar.is_file()
+            # rows led by the word head skip the beam search, so beta plays no part in them
+            head_led: dict[tuple[float, float], float] = {}
             for alpha in alphas:
                 for beta in betas:
                     beam = BeamDecoder(
@@ -234,11 +236,17 @@ def tune_decoder(
                     # the grammar rescoring of that beam search (or, with the head, of its sentence)
                     clip_words = words or [None] * len(refs)
                     for ww in (0.0, *(word_weights if words else ())):
-                        hyps = [
-                            beam.rescore(x, h, w, word_weight=ww)
-                            for x, h, w in zip(outputs, plain, clip_words, strict=True)
-                        ]
-                        grid.append((wer(refs, hyps), order or 0, alpha, beta, 1, ww))
+                        if ww > 0 and (alpha, ww) in head_led:
+                            score = head_led[(alpha, ww)]
+                        else:
+                            hyps = [
+                                beam.rescore(x, h, w, word_weight=ww)
+                                for x, h, w in zip(outputs, plain, clip_words, strict=True)
+                            ]
+                            score = wer(refs, hyps)
+                            if ww > 0:
+                                head_led[(alpha, ww)] = score
+                        grid.append((score, order or 0, alpha, beta, 1, ww))
         # ties: the lower order, then the smaller alpha and beta, no grammar, less word head
         best_wer, order, alpha, beta, grammar, word_weight = min(grid)
         if lm_orders:  # swap the winner in whole: an interruption leaves one complete LM
