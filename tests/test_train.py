@@ -183,3 +183,11 @@ def test_the_alignment_aid_trains_a_word_head_that_is_not_exported(prepared_samp
     assert state["objective"]["align_head"]["weight"].shape[0] == 52
     model, _ = load_for_inference(result.best_checkpoint)
     assert not any("align" in k for k in model.state_dict())
+    # The head's own sentences are scored every epoch, and they pick the best checkpoint
+    # (greedy CTC only breaks ties): the package's decoder starts from them.
+    words = [h["val_words_wer"] for h in result.history]
+    assert all(0.0 <= w <= 1.0 for w in words)
+    chosen = checkpoint.load(result.best_checkpoint)["history"][-1]
+    assert chosen["val_words_wer"] == min(words) == result.best_val_words_wer
+    ties = [h["val_wer"] for h in result.history if h["val_words_wer"] == min(words)]
+    assert chosen["val_wer"] == min(ties)

@@ -44,6 +44,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _best_epoch(result) -> str:
+    """How the selected epoch scored on validation (the word head's WER picks it, if any)."""
+    greedy = f"best val WER {result.best_val_wer:.4f}"
+    if result.best_val_words_wer is None:
+        return greedy
+    words = result.best_val_words_wer
+    return f"best val WER {words:.4f} (word head; greedy {result.best_val_wer:.4f})"
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -209,7 +218,7 @@ def train(
     if result.history:
         typer.echo(
             f"trained {params.model.name} for {result.epochs_run} epochs on {result.device} in "
-            f"{result.seconds:.0f} s; best val WER {result.best_val_wer:.4f} "
+            f"{result.seconds:.0f} s; {_best_epoch(result)} "
             f"({'stopped early' if result.stopped_early else 'all epochs'}); "
             f"checkpoint {result.best_checkpoint}"
         )
@@ -565,7 +574,7 @@ def distill(
     if result.history:
         typer.echo(
             f"distilled into {params.model.name} for {result.epochs_run} epochs on "
-            f"{result.device} in {result.seconds:.0f} s; best val WER {result.best_val_wer:.4f}; "
+            f"{result.device} in {result.seconds:.0f} s; {_best_epoch(result)}; "
             f"checkpoint {result.best_checkpoint}"
         )
 

@@ -94,7 +94,8 @@ def render(meta: dict[str, Any]) -> str:
         ("hardware", "hardware"),
         ("wall_time", "wall time"),
         ("train_clips", "training clips"),
-        ("best_val_wer", "best validation WER (greedy, during training)"),
+        ("best_val_words_wer", "validation WER of the word head (picked the epoch)"),
+        ("best_val_wer", "validation WER, greedy, of that epoch"),
         ("notes", "notes"),
     ):
         if training.get(key) is not None:

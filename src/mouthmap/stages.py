@@ -353,6 +353,7 @@ def release_model(
             "train_clips": state.get("params", {}).get("train", {}).get("limit_train")
             or "all of the train split",
             "best_val_wer": state.get("best_wer"),
+            "best_val_words_wer": state.get("best_words_wer"),
             "notes": notes,
         },
         evaluation=evaluation,
