@@ -109,7 +109,10 @@ def hardware_description(device: torch.device, world_size: int = 1) -> str:
                     break
         except OSError:
             pass
-        what = f"{cpu}, {len(os.sched_getaffinity(0))} cores, no GPU"
+        usable, total = len(os.sched_getaffinity(0)), os.cpu_count() or 0
+        cores = f"{usable} of {total} cores" if total > usable else f"{usable} cores"
+        threads = torch.get_num_threads()
+        what = f"{cpu}, {cores}, {threads} thread{'s' if threads > 1 else ''}, no GPU"
     return f"{world_size} x {what}" if world_size > 1 else what
 
 
