@@ -179,7 +179,7 @@ def tune_decoder(
     exclude: Collection[str] = (),
     lm_orders: Sequence[int] = (),
     transcripts: Sequence[str] = (),
-    word_weights: Sequence[float] = (0.5, 1.0, 2.0),
+    word_weights: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0),
 ) -> dict[str, Any]:
     """Grid-search the LM weight and word bonus on ``split`` (never the test split) and
     store the best pair in the package's decoder settings. Ties go to the smaller alpha.
