@@ -264,7 +264,7 @@ def test_a_run_with_a_word_head_exports_it_and_the_decoder_tunes_its_weight(
     # [wer, order, alpha, beta, grammar, word_weight]: the head's weights were tried on val
     tuning = meta["decoder_tuning"]
     assert {(row[4], row[5]) for row in tuning["grid"]} == {
-        (0, 0.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 2.0)
+        (0, 0.0), (1, 0.0), (1, 0.5), (1, 1.0), (1, 2.0), (1, 4.0), (1, 8.0)
     }  # fmt: skip
     assert meta["decoder"]["word_weight"] == min(tuning["grid"])[5]
     # tuning again from a package that already reads the head: its "0" rows are really 0,
