@@ -95,7 +95,7 @@ def render(meta: dict[str, Any]) -> str:
         ("wall_time", "wall time"),
         ("train_clips", "training clips"),
         ("best_val_words_wer", "validation WER of the word head (picked the epoch)"),
-        ("best_val_wer", "validation WER, greedy, of that epoch"),
+        ("best_val_wer", "validation WER, greedy, of the chosen epoch"),
         ("notes", "notes"),
     ):
         if training.get(key) is not None:
