@@ -58,17 +58,19 @@ def predict(
 ) -> tuple[list, list, list | None]:
     """References, greedy transcripts and, given the run's word head, the head's own
     sentences (:class:`~mouthmap.decode.slots.WordSlots`; ``None`` without a head)."""
+    from mouthmap.compress.export import WithWordHead
     from mouthmap.decode.greedy import greedy_decode
     from mouthmap.decode.slots import WordSlots
 
     model.eval()
     slots = WordSlots() if word_head is not None else None
+    both = WithWordHead(model, word_head) if word_head is not None else None
     refs, hyps, words = [], [], []
     for batch in loader:
         x, lengths, out_lengths = model_inputs(model, batch, device)
-        if slots is not None:
-            log_probs, feats = model(x, lengths, return_features=True)
-            word_lp = word_head(feats).float().log_softmax(-1).cpu().numpy()
+        if both is not None:
+            log_probs, word_lp = both(x, lengths)
+            word_lp = word_lp.float().cpu().numpy()
         else:
             log_probs = model(x, lengths)
         log_probs = log_probs.float().cpu()
