@@ -204,3 +204,14 @@ def _used_convs(model: nn.Module, *inputs) -> list[nn.Module]:
     for h in hooks:
         h.remove()
     return used
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_back_end_exports_to_onnx_that_reads_any_clip_length(backend, tmp_path):
+    """The teacher's Bi-LSTM included: an export traced at 20 frames reads 33-frame clips in a
+    mixed batch as PyTorch does (torch.export alone would fix an LSTM's time axis at 20)."""
+    from mouthmap.compress.export import export_onnx, max_abs_difference
+
+    model = _model("shufflenetv2", backend).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", frames=20)
+    assert max_abs_difference(model, path, frames=33) < 1e-4

@@ -164,6 +164,8 @@ def test_release_writes_a_scored_package_with_a_model_card(tiny_package, tmp_pat
     assert meta["training"]["epochs"] == 1 and "cores" in meta["training"]["hardware"]
     card = (out / "README.md").read_text()
     assert "| test | beam | 3 |" in card and "one epoch on the sample" in card
+    val_wer = meta["training"]["best_val_wer"]
+    assert f"greedy, of the chosen epoch: {val_wer:.1%}\n" in card  # a percentage, not 0.xxx
     assert "CC BY 4.0" in card and "Cooke" in card
     kept = ModelPackage.load(out).checkpoint_path  # so the release can be trained further
     assert kept == out / "checkpoint.pt" and "checkpoint.pt" in card

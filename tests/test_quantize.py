@@ -259,8 +259,8 @@ def test_bench_scores_a_model_with_a_word_head_as_evaluate_does(prepared_sample)
     evaluated = evaluate_package(pkg.root, prepared, ("test",), ("beam",))["test"]["beam"]["wer"]
     for v in (bench.Variant("ORT INT8", "onnx", str(pkg.model_path)),
               bench.Variant("PyTorch FP32", "torch", str(pkg.checkpoint_path))):  # fmt: skip
-        run, loaded, _ = bench._forward(v)
-        run_all = bench._with_words(v, loaded, run)
+        run, loaded, _, head = bench._forward(v)
+        run_all = bench._with_words(v, loaded, run, head)
         _, words = run_all(clips[0].frames[None, None], np.array([len(clips[0].frames)]))
         assert words is not None and words.shape[-1] == 52, v.name
         scored = bench.measure_wer(run_all, clips, beam)

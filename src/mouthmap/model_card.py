@@ -98,8 +98,10 @@ def render(meta: dict[str, Any]) -> str:
         ("best_val_wer", "validation WER, greedy, of the chosen epoch"),
         ("notes", "notes"),
     ):
-        if training.get(key) is not None:
-            out.append(f"- {label}: {training[key]}")
+        value = training.get(key)
+        if value is not None:
+            shown = f"{value:.1%}" if key.startswith("best_val") else value  # a WER, 0..1
+            out.append(f"- {label}: {shown}")
     for key in ("git_commit", "training_run_id", "data_version"):
         if lineage.get(key):
             out.append(f"- {key.replace('_', ' ')}: `{lineage[key]}`")

@@ -66,21 +66,45 @@ def export_onnx(
         outputs.append(WORDS_OUTPUT)
     video = torch.randn(2, 1, frames, 88, 88)
     lengths = torch.tensor([frames, frames - 5])
-    batch = torch.export.Dim("batch", min=1, max=256)
-    time = torch.export.Dim("time", min=8, max=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (video, lengths),
-            str(path),
-            dynamo=True,
-            external_data=False,  # one self-contained file per model
-            input_names=list(INPUT_NAMES),
-            output_names=outputs,
-            dynamic_shapes={"video": {0: batch, 2: time}, "lengths": {0: batch}},
-        )
+        if any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+            _export_recurrent(model, (video, lengths), path, outputs)
+        else:
+            batch = torch.export.Dim("batch", min=1, max=256)
+            time = torch.export.Dim("time", min=8, max=2000)
+            torch.onnx.export(
+                model,
+                (video, lengths),
+                str(path),
+                dynamo=True,
+                external_data=False,  # one self-contained file per model
+                input_names=list(INPUT_NAMES),
+                output_names=outputs,
+                dynamic_shapes={"video": {0: batch, 2: time}, "lengths": {0: batch}},
+            )
     return strip_debug_info(path)
+
+
+def _export_recurrent(
+    model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, outputs: list[str]
+) -> None:
+    """Models with an LSTM (the teacher's Bi-LSTM back end) go through the TorchScript
+    exporter: ``torch.export`` fixes an LSTM's time axis to the example's length, so the
+    dynamo graph fails on any other clip length; TorchScript writes ONNX's own LSTM op with
+    both axes free."""
+    axes = {"video": {0: "batch", 2: "time"}, "lengths": {0: "batch"}}
+    axes.update({name: {0: "batch", 1: "time"} for name in outputs})
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=list(INPUT_NAMES),
+        output_names=outputs,
+        dynamic_axes=axes,
+    )
 
 
 def max_abs_difference(

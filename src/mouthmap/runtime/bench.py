@@ -73,33 +73,37 @@ class Row:
 
 
 def _load_torch(v: Variant):
-    """(model in eval mode, normalisation dict or None) for a torch variant."""
+    """(model in eval mode, normalisation dict or None, word head or None) for a torch
+    variant, from one read of its checkpoint."""
     from mouthmap.models import build_model
-    from mouthmap.train.trainer import load_for_inference
+    from mouthmap.train.trainer import load_for_inference, word_head
 
     if v.trained:
         model, state = load_for_inference(v.source)
-        return model, state.get("normalisation")
-    return build_model(v.source).eval(), None
+        return model, state.get("normalisation"), word_head(state)
+    return build_model(v.source).eval(), None, None
 
 
-def _forward(v: Variant) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], Any, Any]:
-    """``(video, lengths) -> log_probs`` for the variant, the loaded object, and the input
-    normalisation of a checkpoint (None: the package's)."""
+def _forward(
+    v: Variant,
+) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], Any, Any, Any]:
+    """``(video, lengths) -> log_probs`` for the variant, the loaded object, the input
+    normalisation of a checkpoint (None: the package's) and its word head (None: none, or an
+    ONNX variant, whose graph carries it)."""
     if v.kind == "onnx":
         from mouthmap.runtime.runner import OnnxRunner
 
         runner = OnnxRunner(v.source)
-        return runner.run, runner, None
+        return runner.run, runner, None, None
     import torch
 
-    model, norm = _load_torch(v)
+    model, norm, head = _load_torch(v)
 
     def run(video: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(video), torch.from_numpy(lengths)).numpy()
 
-    return run, model, norm
+    return run, model, norm, head
 
 
 def _size_and_parameters(v: Variant, loaded: Any) -> tuple[int, int]:
@@ -210,7 +214,7 @@ def _rss_child() -> None:
         import torch
 
         torch.set_num_threads(spec["threads"])
-        run, _, _ = _forward(v)
+        run, _, _, _ = _forward(v)
     for b in (1, batch):
         video = rng.standard_normal((b, 1, frames, 88, 88)).astype(np.float32)
         run(video, np.full(b, frames, dtype=np.int64))
@@ -236,18 +240,12 @@ def _peak_kb() -> int:
 
 
 def _with_words(
-    v: Variant, loaded: Any, run: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    v: Variant, loaded: Any, run: Callable[[np.ndarray, np.ndarray], np.ndarray], head: Any
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
     """``(video, lengths) -> (log_probs, word log-probs or None)``: what the package's decoder
     reads, the word head's output included where the variant has one."""
     if v.kind == "onnx":
         return loaded.run_all
-    head = None
-    if v.trained:
-        from mouthmap.train import checkpoint
-        from mouthmap.train.trainer import word_head
-
-        head = word_head(checkpoint.load(v.source))
     if head is None:
         return lambda video, lengths: (run(video, lengths), None)
     import torch
@@ -400,7 +398,7 @@ def run_bench(
     student_params = None
     for v in variants:
         log(f"bench: {v.name}")
-        run, loaded, norm = _forward(v)
+        run, loaded, norm, head = _forward(v)
         size, params = _size_and_parameters(v, loaded)
         if v.kind == "torch" and v.trained and v.source == str(checkpoint):
             student_params = params
@@ -412,7 +410,7 @@ def run_bench(
         row.throughput_threads = speed["throughput_threads"]
         if v.trained:
             clips = test_clips(norm["mean"], norm["std"]) if norm else pkg_clips
-            row.__dict__.update(measure_wer(_with_words(v, loaded, run), clips, beam))
+            row.__dict__.update(measure_wer(_with_words(v, loaded, run, head), clips, beam))
             row.test_clips = len(clips)
         if s.rss:
             row.peak_rss_mb = peak_rss(v, s)
