@@ -79,6 +79,8 @@ def test_int8_variants_are_valid_smaller_and_take_any_clip_length(quantized, tin
         # the tiny model's weights are a small part of its file; they shrink about 4x
         assert path.stat().st_size < fp32.stat().st_size, method
         assert _weight_bytes(path) < 0.4 * _weight_bytes(fp32), method
+        # generated short names (shorten_names), only the inputs and outputs keep theirs
+        assert all(len(n.name) <= 6 for n in onnx.load(str(path)).graph.node), method
         run = OnnxRunner(path)
         for frames in (23, 75):  # the time axis stayed dynamic, the batch too
             out = run.run(np.zeros((2, 1, frames, 88, 88), np.float32), np.array([frames, 9]))
@@ -88,6 +90,30 @@ def test_int8_variants_are_valid_smaller_and_take_any_clip_length(quantized, tin
     for f in ("model_fp32.onnx", "model_int8_ptq.onnx", "model_int8_qat.onnx"):
         ranks = _conv_ranks(root / f)
         assert ranks and 5 not in ranks, (f, ranks)
+
+
+def test_short_names_shrink_a_model_and_leave_its_outputs_bit_for_bit(tiny_package, tmp_path):
+    import onnxruntime as ort
+
+    from mouthmap.compress.export import strip_debug_info
+
+    fp32 = tiny_package / "model_fp32.onnx"
+    short = tmp_path / "short.onnx"
+    shutil.copy(fp32, short)
+    strip_debug_info(short, short_names=True)
+    assert short.stat().st_size < fp32.stat().st_size
+    io = [
+        [v.name for v in [*g.input, *g.output]]
+        for g in (onnx.load(str(p)).graph for p in (fp32, short))
+    ]
+    assert io[0] == io[1]  # the package's contract (video, lengths -> log_probs, words)
+    feeds = {"video": np.random.default_rng(0).random((2, 1, 30, 88, 88), dtype=np.float32),
+             "lengths": np.array([30, 21])}  # fmt: skip
+    cpu = ["CPUExecutionProvider"]
+    before, after = (
+        ort.InferenceSession(str(p), providers=cpu).run(None, feeds) for p in (fp32, short)
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_int8_log_probs_follow_fp32_on_real_clips(quantized, prepared_sample):

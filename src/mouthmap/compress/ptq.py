@@ -160,7 +160,7 @@ def quantize_static_qdq(
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=methods[s.calibrate_method],
         )  # fmt: skip
-    return strip_debug_info(out)
+    return strip_debug_info(out, short_names=True)
 
 
 def quantize_dynamic_int8(fp32: str | Path, out: str | Path) -> Path:
@@ -172,7 +172,7 @@ def quantize_dynamic_int8(fp32: str | Path, out: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(Path(fp32), Path(tmp) / "pre.onnx")
         quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
-    return strip_debug_info(out)
+    return strip_debug_info(out, short_names=True)
 
 
 def op_counts(path: str | Path) -> dict[str, int]:

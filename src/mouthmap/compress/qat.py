@@ -150,7 +150,7 @@ def export_quantized(
             output_names=[OUTPUT_NAME, *([WORDS_OUTPUT] if word_head else [])],
             dynamic_shapes=_dynamic_shapes(),
         )  # fmt: skip
-    return strip_debug_info(path)
+    return strip_debug_info(path, short_names=True)
 
 
 def _max_abs_diff(model: torch.nn.Module, path: Path, frames: int = 61) -> float:
