@@ -153,7 +153,7 @@ def strip_debug_info(path: str | Path, short_names: bool = False) -> Path:
 def shorten_names(graph) -> bool:
     """Rename every node and every tensor but the graph's inputs and outputs to a short
     generated name (``n12``, ``t3f``, ``w7``): the computation is untouched. A quantizer's
-    names are long (``/model/backend/blocks.0/.../Conv_output_0_QuantizeLinear_Output``) and
+    names are long (``model.backend.blocks.0.layers.0.0.weight_DequantizeLinear_Output``) and
     each is written at its producer and every consumer: about 0.1 MB of a 1.5 MB INT8 model,
     which is what a phone downloads and maps. Graphs with subgraphs (If, Loop) are left as
     they are, since their bodies may read outer names; returns whether it renamed."""
