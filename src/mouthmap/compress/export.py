@@ -150,18 +150,18 @@ def strip_debug_info(path: str | Path, short_names: bool = False) -> Path:
     return Path(path)
 
 
-def shorten_names(graph) -> bool:
+def shorten_names(graph) -> None:
     """Rename every node and every tensor but the graph's inputs and outputs to a short
     generated name (``n12``, ``t3f``, ``w7``): the computation is untouched. A quantizer's
     names are long (``model.backend.blocks.0.layers.0.0.weight_DequantizeLinear_Output``) and
     each is written at its producer and every consumer: about 0.1 MB of a 1.5 MB INT8 model,
     which is what a phone downloads and maps. Graphs with subgraphs (If, Loop) are left as
-    they are, since their bodies may read outer names; returns whether it renamed."""
+    they are, since their bodies may read outer names."""
     import onnx
 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in graph.node for a in n.attribute):  # fmt: skip
-        return False
+        return
     keep = {v.name for v in [*graph.input, *graph.output]} | {""}  # "" = an omitted input
     new: dict[str, str] = {}
 
@@ -180,4 +180,3 @@ def shorten_names(graph) -> bool:
         node.output[:] = [short(x, "t") for x in node.output]
     for value in graph.value_info:
         value.name = short(value.name, "t")
-    return True
