@@ -51,20 +51,7 @@ REQUIRED_COLUMNS = (
     "roi_max",
 )
 # Columns a usable clip must fill in; "" text is kept as a value (the regex judges it).
-NOT_NULL_COLUMNS = (
-    "status",
-    "split",
-    "n_frames",
-    "fps",
-    "audio_present",
-    "align_ok",
-    "transcript",
-    "roi_found_frac",
-    "roi_mean",
-    "roi_std",
-    "roi_min",
-    "roi_max",
-)
+NOT_NULL_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in ("id", "error"))
 _QUIET_LOGGERS = ("great_expectations", "py.warnings", "tzlocal", "posthog", "urllib3")
 
 
