@@ -16,6 +16,26 @@ def sample_clip(code: str = "bbaf2n") -> tuple[Path, Path]:
     return SAMPLE / "s1" / "video" / f"{code}.mp4", SAMPLE / "s1" / "align" / f"{code}.align"
 
 
+def real_clips(n: int) -> list[Path]:
+    """First ``n`` GRID clips: the committed sample, else the shared corpus, else skip."""
+    for d in (SAMPLE / "s1" / "video", SHARED_GRID / "s1" / "video"):
+        clips = sorted(d.glob("*.mp4"))
+        if clips:
+            return clips[:n]
+    pytest.skip("no GRID clips (data/sample/s1/video or ../shared/data/grid/s1/video)")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Model tests on one thread: tiny tensors run faster so, and CI's two cores stay free."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def small_corpus(tmp_path: Path) -> Path:
     """A writable corpus of four sample clips in the project layout."""

@@ -28,12 +28,7 @@ TINY_AUDIO = {
 C = alphabet.NUM_CLASSES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _log_probs(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -8,19 +8,8 @@ import av
 import numpy as np
 import pytest
 
+from conftest import real_clips
 from mouthmap.data.media import MediaError, decode_audio, probe_and_decode_video, to_gray
-
-ROOT = Path(__file__).resolve().parents[1]
-VIDEO_DIRS = (ROOT / "data/sample/s1/video", ROOT / "../shared/data/grid/s1/video")
-
-
-def real_clips(n: int) -> list[Path]:
-    """First ``n`` GRID clips: the committed sample, else the shared corpus, else skip."""
-    for d in VIDEO_DIRS:
-        clips = sorted(d.glob("*.mp4"))
-        if clips:
-            return clips[:n]
-    pytest.skip("no GRID clips (data/sample/s1/video or ../shared/data/grid/s1/video)")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from mouthmap.models.layers import MultiHeadSelfAttention
 COMBINATIONS = [(fe, be) for fe in FRONTENDS for be in BACKENDS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(frontend: str, backend: str) -> VSRModel:

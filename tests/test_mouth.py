@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import real_clips
 from mouthmap.data.media import probe_and_decode_video, to_gray
 from mouthmap.data.mouth import LOCALISERS, MouthLocaliser, MouthTrack, get_localiser
 from mouthmap.data.mouth.mediapipe_lite import LIP_CORNERS, MediaPipeLocaliser
 from mouthmap.data.roi import NoMouthError, crop_rois, extract_mouth_rois, smooth_track
-
-ROOT = Path(__file__).resolve().parents[1]
-VIDEO_DIRS = (ROOT / "data/sample/s1/video", ROOT / "../shared/data/grid/s1/video")
-
-
-def real_clips(n: int) -> list[Path]:
-    """First ``n`` GRID clips: the committed sample, else the shared corpus, else skip."""
-    for d in VIDEO_DIRS:
-        clips = sorted(d.glob("*.mp4"))
-        if clips:
-            return clips[:n]
-    pytest.skip("no GRID clips (data/sample/s1/video or ../shared/data/grid/s1/video)")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import time
 from collections.abc import Iterator
 
@@ -86,27 +85,18 @@ def triton_events(
     stream = TritonStream(url)
     start = time.monotonic()
     done = False
-    try:
+
+    def arrived() -> Iterator[StreamEvent]:
         for i in range(0, len(rois), chunk):
             end = min(i + chunk, len(rois))
             if fps:
                 time.sleep(max(0.0, start + end / fps - time.monotonic()))
             stream.send(rois[i:end], end=end == len(rois))
-            while True:
-                try:
-                    ev = stream.events.get_nowait()
-                except queue.Empty:
-                    break
-                yield ev
-                if ev.kind in ("final", "error"):
-                    done = True
-                    return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                ev = stream.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
+            yield from stream.arrived()
+        yield from stream.arrived(deadline=time.monotonic() + timeout)
+
+    try:
+        for ev in arrived():
             yield ev
             if ev.kind in ("final", "error"):
                 done = True

@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,19 @@ class TritonStream:
         self._done = threading.Condition()
         self.client = grpcclient.InferenceServerClient(url)
         self.client.start_stream(callback=self._callback)
+
+    def arrived(self, deadline: float | None = None) -> Iterator[StreamEvent]:
+        """The events waiting in ``self.events``; with a ``deadline`` (``time.monotonic()``),
+        also those that arrive before it."""
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                if deadline is None:
+                    ev = self.events.get_nowait()
+                else:
+                    ev = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            yield ev
 
     def _callback(self, result: Any, error: Any) -> None:
         if error is not None:  # an error completes its request too
@@ -242,17 +255,12 @@ def stream_frames(
     res = StreamResult(text=None, frames=0, rois=0)
     stream = TritonStream(url)
 
-    def drain() -> None:
-        while True:
-            try:
-                ev = stream.events.get_nowait()
-            except queue.Empty:
-                return
-            res.events.append(ev)
-            if ev.kind == "error" and res.error is None:
-                res.error = ev
-            if on_event:
-                on_event(ev)
+    def record(ev: StreamEvent) -> None:
+        res.events.append(ev)
+        if ev.kind == "error" and res.error is None:
+            res.error = ev
+        if on_event:
+            on_event(ev)
 
     def send(parts: list[np.ndarray], end: bool) -> None:
         arr = np.concatenate(parts) if parts else np.zeros((0, ROI_SIZE, ROI_SIZE), np.uint8)
@@ -274,7 +282,8 @@ def stream_frames(
                 if pending >= chunk:
                     send(buf, end=False)
                     buf, pending = [], 0
-                drain()
+                for ev in stream.arrived():
+                    record(ev)
                 if res.error is not None:
                     break
         except KeyboardInterrupt:
@@ -287,14 +296,10 @@ def stream_frames(
             buf.append(extractor.finish())
             send(buf, end=True)
             res.end_sent = time.monotonic()
-            deadline = time.monotonic() + timeout
-            while res.final is None and res.error is None and time.monotonic() < deadline:
-                try:
-                    ev = stream.events.get(timeout=max(0.01, deadline - time.monotonic()))
-                except queue.Empty:
+            for ev in stream.arrived(deadline=time.monotonic() + timeout):
+                record(ev)
+                if res.final is not None or res.error is not None:
                     break
-                stream.events.put(ev)
-                drain()
             if res.final is None and res.error is None:
                 raise StreamClientError(f"no final transcript within {timeout:g} s", "timeout")
         else:
