@@ -191,3 +191,70 @@ def test_the_alignment_aid_trains_a_word_head_that_is_not_exported(prepared_samp
     assert chosen["val_words_wer"] == min(words) == result.best_val_words_wer
     ties = [h["val_wer"] for h in result.history if h["val_words_wer"] == min(words)]
     assert chosen["val_wer"] == min(ties)
+
+
+def test_weight_ema_averages_parameters_and_buffers_and_puts_the_live_ones_back():
+    import torch
+
+    from mouthmap.train.ema import WeightEMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    ema = WeightEMA({"net": net}, decay=0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(4, 2))  # moves BatchNorm's running statistics
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    ema.update()
+    d = 0.5
+    with ema.applied():
+        for k, v in net.state_dict().items():
+            want = d * start[k] + (1 - d) * live[k] if v.is_floating_point() else live[k]
+            assert torch.allclose(v, want), k
+    assert all(torch.equal(net.state_dict()[k], live[k]) for k in live)
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA({"net": net}, decay=1.0)
+
+
+def test_an_ema_run_saves_averaged_weights_and_resumes_exactly(
+    prepared_sample, tmp_path, monkeypatch
+):
+    """train.ema_decay: the checkpoints hold the averaged model and word head (what is scored,
+    selected and exported); the raw weights ride along only to resume, and a run killed after
+    its first epoch resumes to the same weights as one never stopped."""
+    import torch
+
+    args = dict(epochs=2, lr=3e-3, align_weight=1.0, ema_decay=0.9)
+    (tmp_path / "whole").mkdir()
+    whole = train(_params(tmp_path / "whole", prepared_sample, **args), progress=False)
+    state = checkpoint.load(whole.out_dir / "last.pt")
+    model, raw = state["model"], state["raw"]["model"]
+    assert any(not torch.equal(model[k], raw[k]) for k in model if model[k].is_floating_point())
+    head, raw_head = state["objective"]["align_head"], state["raw"]["objective"]["align_head"]
+    assert not torch.equal(head["weight"], raw_head["weight"])
+    slim = checkpoint.slim(whole.out_dir / "last.pt", tmp_path / "slim.pt")
+    assert "raw" not in slim and torch.equal(slim["model"]["classifier.weight"],
+                                             model["classifier.weight"])  # fmt: skip
+
+    save = checkpoint.save
+
+    def killed_after_saving(path, state):
+        save(path, state)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", killed_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        train(_params(tmp_path, prepared_sample, **args), progress=False)
+    monkeypatch.setattr(checkpoint, "save", save)
+    resumed = train(_params(tmp_path, prepared_sample, **args), resume=True, progress=False)
+
+    def scores(history):
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
+
+    assert scores(resumed.history) == scores(whole.history)
+    again = checkpoint.load(resumed.out_dir / "last.pt")
+    for k in model:
+        assert torch.allclose(again["raw"]["model"][k].float(), raw[k].float(), atol=1e-5), k
+        assert torch.allclose(again["model"][k].float(), model[k].float(), atol=1e-5), k

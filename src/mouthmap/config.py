@@ -78,6 +78,8 @@ class TrainParams(_Section):
     brightness: float = Field(0.0, ge=0, le=1)  # per-clip offset, a fraction of full range
     contrast: float = Field(0.0, ge=0, lt=1)  # per-clip gain in [1 - c, 1 + c]
     align_weight: float = Field(0.0, ge=0)  # per-frame word classification from the alignments
+    # 0: off; else evaluate, select and save a moving average of the weights (e.g. 0.998)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), not random
     out_dir: str = "runs/train"

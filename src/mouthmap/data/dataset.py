@@ -185,6 +185,10 @@ class GridDataset(Dataset[Sample]):
         self.with_alignment = with_alignment  # per-frame word classes from the .align files
         self.rng = np.random.default_rng(seed)
 
+    def reseed(self, *key: int) -> None:
+        """Start the augmentation stream afresh from ``key`` (the trainer: seed, rank, epoch)."""
+        self.rng = np.random.default_rng(list(key))
+
     def __len__(self) -> int:
         return len(self.rows)
 

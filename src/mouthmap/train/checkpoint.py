@@ -17,10 +17,10 @@ from mouthmap.data.cache import atomic_write_bytes
 
 FORMAT = "mouthmap-checkpoint/1"
 FRAME_RATE = 25  # output frames per second of every model: one per video frame
-# What only resuming a run needs (optimiser moments are twice the weights' size): not in a
-# slim copy. Of the objective's own state only the word head stays (it decodes: slot
-# decoding, mouthmap.decode.slots); a KD projection is training-only.
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "objective")
+# What only resuming a run needs (optimiser moments are twice the weights' size; an EMA run's
+# raw weights): not in a slim copy. Of the objective's own state only the word head stays (it
+# decodes: slot decoding, mouthmap.decode.slots); a KD projection is training-only.
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "objective", "raw", "ema")
 KEPT_OBJECTIVE = ("align_head",)
 
 

@@ -7,9 +7,11 @@ distillation in :mod:`mouthmap.train.distill`); the model's modality decides its
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from mouthmap.config import Params
 from mouthmap.data import dataset as ds
 from mouthmap.data.prepare import read_manifest
 from mouthmap.train import checkpoint, distributed, tracking
+from mouthmap.train.ema import WeightEMA
 from mouthmap.train.objective import CTCObjective, ctc_loss, modality_of, model_inputs
 from mouthmap.train.schedule import warmup_cosine
 
@@ -222,14 +225,18 @@ def train(
                 f"{last_path} is a slim copy without optimiser state: it cannot resume a run "
                 "(start a new one from its weights with train.init_from)"
             )
-        model.load_state_dict(state["model"])
+        live = state.get("raw") or state  # an EMA run saves its averaged weights as "model"
+        model.load_state_dict(live["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        objective.load_state_dict(state.get("objective", {}))
+        objective.load_state_dict(live.get("objective", {}))
         start_epoch, bad_epochs, history = state["epoch"] + 1, state["bad_epochs"], state["history"]
         best = min(history, key=selection_key) if history else {}
         torch.set_rng_state(state["rng"])
+    ema = _weight_ema(model, objective, tp.ema_decay)
+    if ema is not None and resume and last_path.exists() and "raw" in state:
+        ema.load({"model": state["model"], **state.get("objective", {})}, state.get("ema", {}))
     net = (
         torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -279,6 +286,9 @@ def train(
             t0 = time.perf_counter()
             if sampler is not None:
                 sampler.set_epoch(epoch)
+            # A stream per epoch: a resumed run draws the augmentations an unbroken one would.
+            # (DataLoader workers reseed themselves from torch's restored generator.)
+            train_loader.dataset.reseed(tp.seed, dinfo.rank, epoch)
             net.train()
             losses, parts_sum = [], {}
             bar = tqdm(
@@ -299,6 +309,8 @@ def train(
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update()
                 losses.append(float(loss.detach()))
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach())
@@ -311,34 +323,39 @@ def train(
             }
             improved = False
             if dinfo.is_main:
-                refs, hyps, words = predict(model, val_loader, device, objective.align_head)
-                row.update(val_wer=wer(refs, hyps), val_cer=cer(refs, hyps))
-                if words is not None:
-                    row["val_words_wer"] = wer(refs, words)
-                row["epoch_seconds"] = time.perf_counter() - t0
-                history.append(row)
-                improved = not best or selection_key(row) < selection_key(best)
-                if improved:
-                    best, bad_epochs = row, 0
-                else:
-                    bad_epochs += 1
-                state = {
-                    **base_state,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "objective": objective.state_dict(),  # e.g. a KD projection: not exported
-                    "epoch": epoch,
-                    "best_wer": best["val_wer"],
-                    "best_words_wer": best.get("val_words_wer"),
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "rng": torch.get_rng_state(),
-                }
-                if improved:
-                    checkpoint.save(best_path, state)
-                checkpoint.save(last_path, state)
+                raw = _raw_weights(model, objective) if ema is not None else None
+                averaged = ema.applied() if ema is not None else nullcontext()
+                with averaged:  # evaluate, select and save the averaged weights
+                    refs, hyps, words = predict(model, val_loader, device, objective.align_head)
+                    row.update(val_wer=wer(refs, hyps), val_cer=cer(refs, hyps))
+                    if words is not None:
+                        row["val_words_wer"] = wer(refs, words)
+                    row["epoch_seconds"] = time.perf_counter() - t0
+                    history.append(row)
+                    improved = not best or selection_key(row) < selection_key(best)
+                    if improved:
+                        best, bad_epochs = row, 0
+                    else:
+                        bad_epochs += 1
+                    state = {
+                        **base_state,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "objective": objective.state_dict(),  # e.g. a KD projection: not exported
+                        "epoch": epoch,
+                        "best_wer": best["val_wer"],
+                        "best_words_wer": best.get("val_words_wer"),
+                        "bad_epochs": bad_epochs,
+                        "history": history,
+                        "rng": torch.get_rng_state(),
+                    }
+                    if ema is not None:
+                        state.update(raw=raw, ema=ema.state_dict())
+                    if improved:
+                        checkpoint.save(best_path, state)
+                    checkpoint.save(last_path, state)
                 if mlrun is not None:
                     import mlflow
 
@@ -381,6 +398,22 @@ def train(
         history,
         best.get("val_words_wer"),
     )
+
+
+def _weight_ema(model: torch.nn.Module, objective: CTCObjective, decay: float) -> WeightEMA | None:
+    """The moving average of the model's and the word head's weights (``train.ema_decay``)."""
+    if not decay:
+        return None
+    head = {"align_head": objective.align_head} if objective.align_head is not None else {}
+    return WeightEMA({"model": model, **head}, decay)
+
+
+def _raw_weights(model: torch.nn.Module, objective: CTCObjective) -> dict[str, Any]:
+    """Copies of the live weights: what an EMA run's checkpoint resumes from."""
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "objective": copy.deepcopy(objective.state_dict()),
+    }
 
 
 def plot_learning_curve(history: list[dict[str, float]], path: Path) -> Path | None:
