@@ -20,7 +20,7 @@ class WeightEMA:
     """Shadow copies of named modules' state (parameters and buffers, e.g. BatchNorm's running
     statistics), moved toward the live weights after every optimiser step:
     ``shadow = decay * shadow + (1 - decay) * live``, an average over about ``1 / (1 - decay)``
-    recent steps (0.998: 500 steps, five epochs of GRID's 92 batches of 8). It starts from the
+    recent steps (0.998: 500 steps, five epochs of GRID's 91 batches of 8). It starts from the
     weights the run starts from, so a run from scratch wants a few such spans of epochs."""
 
     def __init__(self, modules: dict[str, nn.Module], decay: float) -> None:
@@ -41,14 +41,14 @@ class WeightEMA:
                     shadow[key].copy_(value)
 
     @contextmanager
-    def applied(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+    def applied(self) -> Iterator[None]:
         """The averaged weights in the modules for the ``with`` block (to evaluate and save);
-        yields copies of the raw weights, which are put back on leaving."""
+        the live weights are put back on leaving."""
         raw = {name: _copy(m.state_dict()) for name, m in self.modules.items()}
         try:
             for name, module in self.modules.items():
                 module.load_state_dict(self.shadow[name])
-            yield raw
+            yield
         finally:
             for name, module in self.modules.items():
                 module.load_state_dict(raw[name])
