@@ -150,7 +150,55 @@ def export_quantized(
             output_names=[OUTPUT_NAME, *([WORDS_OUTPUT] if word_head else [])],
             dynamic_shapes=_dynamic_shapes(),
         )  # fmt: skip
+    unsigned_activations(path)
     return strip_debug_info(path, short_names=True)
+
+
+def unsigned_activations(path: str | Path) -> int:
+    """Rewrite the activations' INT8 quantize/dequantize pairs as UINT8 (zero point + 128:
+    the same values, bit for bit); weights and biases stay signed. Returns how many nodes
+    changed.
+
+    Why: ONNX Runtime's x86 CPU kernels take UINT8 activations. It converts a signed Q->DQ
+    pair itself, but only where the quantized tensor has one reader; where it has several
+    (both branches of a ShuffleNet down-sampling unit, the three kernels of a TCN block) the
+    convolutions stay in float between DQ and Q. That made the QAT export about 1.5x slower
+    than PTQ (33 vs 22 ms per clip here); with unsigned activations every Conv fuses."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    unsigned: dict[str, str] = {}  # signed zero point -> its unsigned copy
+    quantized: set[str] = set()  # tensors a rewritten Q writes
+    changed = 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            continue  # a weight or a bias
+        zp = inits.get(node.input[2])
+        if zp is None or zp.data_type != onnx.TensorProto.INT8:
+            continue
+        if zp.name not in unsigned:
+            value = numpy_helper.to_array(zp).astype(np.int16) + 128
+            copy = numpy_helper.from_array(value.astype(np.uint8), f"{zp.name}_u8")
+            graph.initializer.append(copy)
+            unsigned[zp.name] = copy.name
+        node.input[2] = unsigned[zp.name]
+        if node.op_type == "QuantizeLinear":
+            quantized.add(node.output[0])
+        changed += 1
+    for value in graph.value_info:
+        if value.name in quantized:
+            value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    read = {x for node in graph.node for x in node.input}
+    unread = [i for i in graph.initializer if i.name in unsigned and i.name not in read]
+    for init in unread:  # the signed zero points nothing reads any more
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
+    return changed
 
 
 def _max_abs_diff(model: torch.nn.Module, path: Path, frames: int = 61) -> float:
