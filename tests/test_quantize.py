@@ -93,17 +93,22 @@ def test_int8_variants_are_valid_smaller_and_take_any_clip_length(quantized, tin
 
 
 def _float_ops_at_run_time(path: Path, tmp_path: Path) -> dict[str, int]:
-    """Conv and MatMul nodes ONNX Runtime still runs in float once it has fused the QDQ
-    groups into integer kernels (read from the graph it optimizes for this CPU)."""
+    """Conv nodes ONNX Runtime still runs in float once it has fused the QDQ
+    groups into integer kernels (read from the graph it optimizes for this CPU, with the
+    runner's optimizer settings)."""
     import collections
 
     import onnxruntime as ort
 
+    from mouthmap.runtime.runner import NO_QDQ_PROPAGATION
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp_path / f"optimized_{path.name}")
-    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    cpu = ["CPUExecutionProvider"]
+    ort.InferenceSession(str(path), opts, providers=cpu, disabled_optimizers=NO_QDQ_PROPAGATION)
+    graph = onnx.load(opts.optimized_model_filepath).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
     return {op: ops[op] for op in ("Conv", "FusedConv") if ops[op]}
 
 
@@ -198,11 +203,13 @@ def test_the_better_int8_becomes_model_onnx_and_transcribe_runs_it(quantized, tm
 def test_choice_goes_to_the_lower_wer_and_never_to_dynamic_when_ptq_or_qat_exist():
     from mouthmap.compress.quantize import choose
 
-    def r(wer_beam, wer_greedy, size=1000):
-        return {"bytes": size, "comparison": {"wer_beam": wer_beam, "wer_greedy": wer_greedy}}
+    def r(wer_beam, wer_greedy, ms=20.0, size=1000):
+        return {"bytes": size, "latency_ms": ms,
+                "comparison": {"wer_beam": wer_beam, "wer_greedy": wer_greedy}}  # fmt: skip
 
-    assert choose({"ptq": r(0.30, 0.4), "qat": r(0.25, 0.5)}) == "qat"
+    assert choose({"ptq": r(0.30, 0.4), "qat": r(0.25, 0.5, ms=30)}) == "qat"
     assert choose({"ptq": r(0.25, 0.4), "qat": r(0.25, 0.5)}) == "ptq"  # tie: greedy decides
+    assert choose({"ptq": r(0.25, 0.4, ms=30), "qat": r(0.25, 0.4, ms=25)}) == "qat"  # then speed
     assert choose({"ptq": r(None, 0.4), "dynamic": r(None, 0.1)}) == "ptq"
     assert choose({"dynamic": r(None, 0.1)}) == "dynamic"
 
@@ -213,6 +220,8 @@ def test_quantize_cli_prints_the_table_and_refuses_bad_input(int8_params, tmp_pa
     assert res.exit_code == 0, res.output
     assert "model.onnx <- ptq" in res.output and (out / "model_int8_ptq.onnx").is_file()
     assert not (out / "model_int8_qat.onnx").exists()
+    header, ptq_row = res.output.splitlines()[-4:-2]  # method row, then the fp32 row
+    assert "ms/clip" in header and ptq_row.split()[0] == "ptq" and float(ptq_row.split()[3]) > 0
 
     bad = _cli("quantize", "--method", "fp4", "--out", out, "-p", int8_params)
     assert bad.exit_code == 2 and "quantize.method" in bad.output

@@ -342,22 +342,24 @@ def quantize(
     except (ValueError, FileNotFoundError, CheckpointError, PackageError) as e:
         _fail(str(e))
     fp32_mb = report["fp32_bytes"]
-    typer.echo(f"{'method':>8} {'MB':>6} {'x smaller':>9} {'WER greedy':>10} {'WER beam':>9} "
-               f"{'agree':>6} {'frames':>7}")  # fmt: skip
+    typer.echo(f"{'method':>8} {'MB':>6} {'x smaller':>9} {'ms/clip':>7} {'WER greedy':>10} "
+               f"{'WER beam':>9} {'agree':>6} {'frames':>7}")  # fmt: skip
     for name, r in report["methods"].items():
         c = r["comparison"]
         beam = f"{c['wer_beam']:.4f}" if c["wer_beam"] is not None else "n/a"
         typer.echo(
             f"{name:>8} {r['bytes'] / 1e6:6.2f} {fp32_mb / r['bytes']:9.1f} "
-            f"{c['wer_greedy']:10.4f} {beam:>9} {c['transcript_agreement']:6.2f} "
-            f"{c['frame_agreement']:7.3f}"
+            f"{r['latency_ms']:7.1f} {c['wer_greedy']:10.4f} {beam:>9} "
+            f"{c['transcript_agreement']:6.2f} {c['frame_agreement']:7.3f}"
         )
     c = next(iter(report["methods"].values()))["comparison"]
     beam = f"{c['fp32_wer_beam']:.4f}" if c["fp32_wer_beam"] is not None else "n/a"
-    typer.echo(f"{'fp32':>8} {fp32_mb / 1e6:6.2f} {1:9.1f} {c['fp32_wer_greedy']:10.4f} {beam:>9}")
+    typer.echo(f"{'fp32':>8} {fp32_mb / 1e6:6.2f} {1:9.1f} {report['fp32_latency_ms']:7.1f} "
+               f"{c['fp32_wer_greedy']:10.4f} {beam:>9}")  # fmt: skip
     typer.echo(
         f"model.onnx <- {report['chosen']} ({report['selection_split']} split, "
-        f"{c['clips']} clips); package {root}"
+        f"{c['clips']} clips; ms/clip: a {report['latency_frames']}-frame clip, one thread); "
+        f"package {root}"
     )
 
 

@@ -1,8 +1,9 @@
 """INT8 variants of a model package side by side, and the choice of the deployable one.
 
 Every method writes ``model_int8_<method>.onnx`` into the package; each is compared with the
-FP32 model on the selection split (validation: the test split is never used to choose), and
-the better of QAT and PTQ by WER becomes ``model.onnx``. ``model_fp32.onnx`` stays. The
+FP32 model on the selection split (validation: the test split is never used to choose) and
+timed on one of its clips at one thread; the better of QAT and PTQ by WER (then greedy WER,
+then latency) becomes ``model.onnx``. ``model_fp32.onnx`` stays. The
 choice and its figures are recorded in ``mouthmap.json`` under ``quantization``.
 """
 
@@ -104,17 +105,27 @@ def compare(
     )
 
 
+def latency_ms(path: str | Path, clip: Clip, repeats: int = 10) -> float:
+    """Median milliseconds one clip takes at one thread (the phone-like case)."""
+    from mouthmap.runtime.bench import time_calls
+    from mouthmap.runtime.runner import OnnxRunner
+
+    run = OnnxRunner(path, threads=1).clip
+    return 1000 * float(np.median(time_calls(lambda: run(clip.frames), repeats, warmup=2)))
+
+
 def choose(results: dict[str, dict[str, Any]]) -> str:
     """The deployable method: lowest selection WER (beam where measured), then greedy WER,
-    then the smaller file. Dynamic only when neither PTQ nor QAT was made."""
+    then the faster, then the smaller file. Dynamic only when neither PTQ nor QAT was made."""
     pool = [m for m in DEPLOYABLE if m in results] or list(results)
     if not pool:
         raise ValueError("no INT8 model to choose from")
 
-    def key(m: str) -> tuple[float, float, int]:
+    def key(m: str) -> tuple[float, float, float, int]:
         c = results[m]["comparison"]
         primary = c["wer_beam"] if c["wer_beam"] is not None else c["wer_greedy"]
-        return (round(primary, 6), round(c["wer_greedy"], 6), results[m]["bytes"])
+        speed = results[m].get("latency_ms", float("inf"))
+        return (round(primary, 6), round(c["wer_greedy"], 6), speed, results[m]["bytes"])
 
     return min(pool, key=key)
 
@@ -187,13 +198,17 @@ def quantize_package(
         info["file"] = FILES[method]
         info["bytes"] = path.stat().st_size
         info["comparison"] = asdict(compare(path, fp32, sel, decoder, ref_outputs))
+        info["latency_ms"] = latency_ms(path, sel[0])
     chosen = choose(results)
     shutil.copy(pkg.root / FILES[chosen], pkg.model_path)
     report = {
         "chosen": chosen,
-        "rule": "lowest WER on the selection split (beam+LM where there is an LM), PTQ vs QAT",
+        "rule": "lowest WER on the selection split (beam+LM where there is an LM), PTQ vs QAT;"
+        " ties: greedy WER, then latency",
         "selection_split": select_split,
         "fp32_bytes": fp32.stat().st_size,
+        "fp32_latency_ms": latency_ms(fp32, sel[0]),
+        "latency_frames": len(sel[0].frames),
         "model_bytes": pkg.model_path.stat().st_size,
         "methods": results,
     }

@@ -249,6 +249,7 @@ def quantize(
     out = {"fp32_mb": report["fp32_bytes"] / 1e6}
     for name, r in report["methods"].items():
         out[f"{name}_mb"] = r["bytes"] / 1e6
+        out[f"{name}_ms_per_clip"] = float(r["latency_ms"])
         out[f"{name}_val_wer_greedy"] = float(r["comparison"]["wer_greedy"])
     return out
 

@@ -135,7 +135,8 @@ def _percentiles(times: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    """Seconds taken by each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     out = []
@@ -169,13 +170,13 @@ def measure_speed(v: Variant, loaded: Any, clip: np.ndarray, s: BenchSettings) -
     for n in s.threads:
         run = _threaded(v, loaded, n)
         out["latency_ms"][str(n)] = _percentiles(
-            _time(lambda run=run: run(video, lengths), s.repeats, s.warmup)
+            time_calls(lambda run=run: run(video, lengths), s.repeats, s.warmup)
         )
     n = max(s.threads)
     run = _threaded(v, loaded, n)
     batch = np.repeat(video, s.batch, axis=0)
     blen = np.full(s.batch, len(clip), dtype=np.int64)
-    t = _time(lambda: run(batch, blen), s.batch_repeats, 1)
+    t = time_calls(lambda: run(batch, blen), s.batch_repeats, 1)
     out["throughput_clips_s"] = float(s.batch / np.median(t))
     out["throughput_threads"] = n
     return out
