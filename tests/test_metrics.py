@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mouthmap.data.corpus import SLOT_NAMES
-from mouthmap.evaluation import cer, evaluate, evaluation_table, slot_error_rates, wer
+from mouthmap.evaluation import (
+    cer,
+    evaluate,
+    evaluation_table,
+    slot_error_rates,
+    wer,
+    word_confusions,
+)
 
 REF = "bin blue at f two now"
 
@@ -60,6 +67,24 @@ def test_an_extra_word_does_not_shift_the_slots_after_it():
 def test_slot_rates_need_six_word_grid_references():
     with pytest.raises(ValueError, match="not a six-word GRID sentence"):
         slot_error_rates(["hello world"], ["hello world"])
+
+
+def test_confusions_name_the_slot_the_word_said_and_the_word_read_most_frequent_first():
+    refs = [REF, REF, REF, "set red in p one soon"]
+    at_in = "bin blue in f two now"
+    hyps = [at_in, at_in, "bin blue in f two", "set red in b one"]
+    assert word_confusions(refs, hyps) == [
+        ("preposition", "at", "in", 3),
+        ("adverb", "now", "", 1),  # dropped words read as ""
+        ("adverb", "soon", "", 1),
+        ("letter", "p", "b", 1),
+    ]
+    assert word_confusions(refs, hyps, top=1) == [("preposition", "at", "in", 3)]
+    # an extra word shifts nothing; counts add up to the slot error rates
+    assert word_confusions([REF], ["bin blue at at s two now"]) == [("letter", "f", "s", 1)]
+    assert word_confusions([REF], [REF]) == []
+    with pytest.raises(ValueError, match="not a six-word GRID sentence"):
+        word_confusions(["hello world"], ["hello world"])
 
 
 def test_evaluation_table_is_markdown_with_one_row_per_system():

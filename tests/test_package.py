@@ -118,7 +118,15 @@ def test_evaluate_reports_wer_cer_and_slots_per_split_and_decoder(
             assert r["clips"] == 3 and r["wer"] >= 0 and r["cer"] >= 0
             assert set(r["slots"]) == {"command", "colour", "preposition", "letter", "digit",
                                        "adverb"}  # fmt: skip
+            # which words it mixes up: only in slots with errors, most frequent first
+            counts = [n for *_, n in r["confusions"]]
+            assert counts == sorted(counts, reverse=True)
+            assert all(r["slots"][slot] > 0 for slot, *_ in r["confusions"])
+            assert bool(r["confusions"]) == (sum(r["slots"].values()) > 0)
     assert "| test beam |" in result.output
+    if report["test"]["beam"]["confusions"]:
+        slot, said, read, n = report["test"]["beam"]["confusions"][0]
+        assert f"- test beam: {slot} {said} -> {read or '(dropped)'} x{n}" in result.output
 
     # the checkpoint behind the package, scored in PyTorch, reads the same greedy transcripts
     ckpt = tiny_package.parent / "runs" / "train" / "best.pt"
@@ -164,6 +172,8 @@ def test_release_writes_a_scored_package_with_a_model_card(tiny_package, tmp_pat
     assert meta["training"]["epochs"] == 1 and "cores" in meta["training"]["hardware"]
     card = (out / "README.md").read_text()
     assert "| test | beam | 3 |" in card and "one epoch on the sample" in card
+    if meta["evaluation"]["test"]["beam"]["confusions"]:
+        assert "Most frequent word errors on test" in card and "- test beam: " in card
     val_wer = meta["training"]["best_val_wer"]
     assert f"greedy, of the chosen epoch: {val_wer:.1%}\n" in card  # a percentage, not 0.xxx
     assert "CC BY 4.0" in card and "Cooke" in card

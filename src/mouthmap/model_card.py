@@ -42,6 +42,8 @@ def _results_table(evaluation: dict[str, Any]) -> list[str]:
 
 def render(meta: dict[str, Any]) -> str:
     """Markdown for a package's ``mouthmap.json``."""
+    from mouthmap.evaluation.evaluate import confusion_lines
+
     name = meta.get("name", "model")
     size = meta.get("size", {})
     training = meta.get("training", {})
@@ -87,6 +89,9 @@ def render(meta: dict[str, Any]) -> str:
         )
     if evaluation:
         out += ["", "Word error rate per GRID slot:", "", *_results_table(evaluation)]
+        confused = confusion_lines({"test": test})
+        if confused:
+            out += ["", "Most frequent word errors on test (slot: said -> read):", "", *confused]
     out += ["", "## Training", ""]
     for key, label in (
         ("epochs", "epochs"),

@@ -331,7 +331,7 @@ def release_model(
     seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
     evaluation = {
         split: {
-            dec: {k: r[k] for k in ("clips", "wer", "cer", "slots")}
+            dec: {k: r[k] for k in ("clips", "wer", "cer", "slots", "confusions")}
             for dec, r in results[split].items()
         }
         for split in ("val", "test")

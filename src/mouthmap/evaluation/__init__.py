@@ -7,6 +7,15 @@ from mouthmap.evaluation.metrics import (
     normalise,
     slot_error_rates,
     wer,
+    word_confusions,
 )
 
-__all__ = ["cer", "evaluate", "evaluation_table", "normalise", "slot_error_rates", "wer"]
+__all__ = [
+    "cer",
+    "evaluate",
+    "evaluation_table",
+    "normalise",
+    "slot_error_rates",
+    "wer",
+    "word_confusions",
+]

@@ -47,7 +47,7 @@ def score(
     from mouthmap.decode.beam import BeamDecoder
     from mouthmap.decode.greedy import greedy_decode
     from mouthmap.decode.slots import WordSlots
-    from mouthmap.evaluation.metrics import cer, slot_error_rates, wer
+    from mouthmap.evaluation.metrics import cer, slot_error_rates, wer, word_confusions
 
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
@@ -80,6 +80,7 @@ def score(
                 "wer": wer(refs, hyps[d]) if refs else None,
                 "cer": cer(refs, hyps[d]) if refs else None,
                 "slots": slot_error_rates(refs, hyps[d]) if refs else {},
+                "confusions": [list(c) for c in word_confusions(refs, hyps[d])] if refs else [],
                 "examples": [[r, h] for r, h in list(zip(refs, hyps[d], strict=True))[:5]],
             }
             for d in decoders
@@ -293,7 +294,27 @@ def markdown_table(results: dict[str, Any]) -> str:
             if isinstance(r, dict) and r.get("wer") is not None:
                 rows[f"{split} {dec}"] = {"clips": r["clips"], "WER": r["wer"], "CER": r["cer"],
                                           **r["slots"]}  # fmt: skip
-    return evaluation_table(rows, columns=["clips", "WER", "CER", *SLOT_NAMES])
+    table = evaluation_table(rows, columns=["clips", "WER", "CER", *SLOT_NAMES])
+    lines = confusion_lines(results)
+    if not lines:
+        return table
+    return table + "\nMost frequent word errors (slot: said -> read):\n\n" + "\n".join(lines) + "\n"
+
+
+def confusion_lines(results: dict[str, Any], top: int = 6) -> list[str]:
+    """One markdown bullet per split and decoder: its most frequent word errors."""
+    lines = []
+    for split, by_decoder in results.items():
+        if split == "decode_ms_per_clip" or not isinstance(by_decoder, dict):
+            continue
+        for dec, r in by_decoder.items():
+            if isinstance(r, dict) and r.get("confusions"):
+                shown = ", ".join(
+                    f"{slot} {ref} -> {hyp or '(dropped)'} x{n}"
+                    for slot, ref, hyp, n in r["confusions"][:top]
+                )
+                lines.append(f"- {split} {dec}: {shown}")
+    return lines
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

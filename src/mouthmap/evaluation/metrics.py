@@ -61,6 +61,34 @@ def slot_error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, floa
     return {slot: errors[slot] / len(r) for slot in SLOT_NAMES}
 
 
+def word_confusions(
+    refs: Sequence[str], hyps: Sequence[str], top: int | None = 10
+) -> list[tuple[str, str, str, int]]:
+    """The most frequent slot errors as ``(slot, reference word, hypothesis word, count)``,
+    most frequent first (ties alphabetical); a deleted word has ``""`` as its hypothesis.
+
+    Aligned like :func:`slot_error_rates`, so the counts per slot add up to its errors: they
+    say *which* words a model mixes up (on GRID mostly visual homophones: at/in, p/b)."""
+    from collections import Counter
+
+    r, h = _pairs(refs, hyps)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    out = jiwer.process_words(r, h)
+    for ref, hyp, chunks in zip(out.references, out.hypotheses, out.alignments, strict=True):
+        if len(ref) != len(SLOT_NAMES):
+            raise ValueError(f"reference {' '.join(ref)!r} is not a six-word GRID sentence")
+        for chunk in chunks:
+            if chunk.type not in ("substitute", "delete"):
+                continue
+            for pos in range(chunk.ref_start_idx, chunk.ref_end_idx):
+                said = ""
+                if chunk.type == "substitute":  # word for word: the spans have one length
+                    said = hyp[chunk.hyp_start_idx + pos - chunk.ref_start_idx]
+                counts[(SLOT_NAMES[pos], ref[pos], said)] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(*key, n) for key, n in ranked[:top]]
+
+
 def evaluate(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
     """WER, CER and the six slot error rates in one row (see :func:`evaluation_table`)."""
     return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), **slot_error_rates(refs, hyps)}
