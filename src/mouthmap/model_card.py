@@ -89,7 +89,7 @@ def render(meta: dict[str, Any]) -> str:
         )
     if evaluation:
         out += ["", "Word error rate per GRID slot:", "", *_results_table(evaluation)]
-        confused = confusion_lines({"test": test})
+        confused = confusion_lines({"test": {d: r for d, r in test.items() if d == "beam"}})
         if confused:
             out += ["", "Most frequent word errors on test (slot: said -> read):", "", *confused]
     out += ["", "## Training", ""]

@@ -67,8 +67,9 @@ def word_confusions(
     """The most frequent slot errors as ``(slot, reference word, hypothesis word, count)``,
     most frequent first (ties alphabetical); a deleted word has ``""`` as its hypothesis.
 
-    Aligned like :func:`slot_error_rates`, so the counts per slot add up to its errors: they
-    say *which* words a model mixes up (on GRID mostly visual homophones: at/in, p/b)."""
+    Aligned like :func:`slot_error_rates`, so with ``top=None`` the counts per slot add up to
+    its errors: they say *which* words a model mixes up (on GRID mostly words that look alike
+    on the lips: at/in, p/b)."""
     from collections import Counter
 
     r, h = _pairs(refs, hyps)
@@ -81,10 +82,10 @@ def word_confusions(
             if chunk.type not in ("substitute", "delete"):
                 continue
             for pos in range(chunk.ref_start_idx, chunk.ref_end_idx):
-                said = ""
+                read = ""
                 if chunk.type == "substitute":  # word for word: the spans have one length
-                    said = hyp[chunk.hyp_start_idx + pos - chunk.ref_start_idx]
-                counts[(SLOT_NAMES[pos], ref[pos], said)] += 1
+                    read = hyp[chunk.hyp_start_idx + pos - chunk.ref_start_idx]
+                counts[(SLOT_NAMES[pos], ref[pos], read)] += 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return [(*key, n) for key, n in ranked[:top]]
 
