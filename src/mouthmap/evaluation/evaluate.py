@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,18 +282,26 @@ def tune_decoder(
     }  # fmt: skip
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """One row per split and decoder: clips, WER, CER and the six GRID slot error rates."""
-    from mouthmap.evaluation.metrics import evaluation_table
-
-    rows = {}
+def _scored(results: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(split, decoder, scores)`` of an evaluation's results, skipping its timing entry."""
     for split, by_decoder in results.items():
         if split == "decode_ms_per_clip" or not isinstance(by_decoder, dict):
             continue
         for dec, r in by_decoder.items():
-            if isinstance(r, dict) and r.get("wer") is not None:
-                rows[f"{split} {dec}"] = {"clips": r["clips"], "WER": r["wer"], "CER": r["cer"],
-                                          **r["slots"]}  # fmt: skip
+            if isinstance(r, dict):
+                yield split, dec, r
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per split and decoder: clips, WER, CER and the six GRID slot error rates;
+    under the table, each one's most frequent word errors."""
+    from mouthmap.evaluation.metrics import evaluation_table
+
+    rows = {
+        f"{split} {dec}": {"clips": r["clips"], "WER": r["wer"], "CER": r["cer"], **r["slots"]}
+        for split, dec, r in _scored(results)
+        if r.get("wer") is not None
+    }
     table = evaluation_table(rows, columns=["clips", "WER", "CER", *SLOT_NAMES])
     lines = confusion_lines(results)
     if not lines:
@@ -303,18 +311,15 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def confusion_lines(results: dict[str, Any], top: int = 6) -> list[str]:
     """One markdown bullet per split and decoder: its most frequent word errors."""
-    lines = []
-    for split, by_decoder in results.items():
-        if split == "decode_ms_per_clip" or not isinstance(by_decoder, dict):
-            continue
-        for dec, r in by_decoder.items():
-            if isinstance(r, dict) and r.get("confusions"):
-                shown = ", ".join(
-                    f"{slot} {ref} -> {hyp or '(dropped)'} x{n}"
-                    for slot, ref, hyp, n in r["confusions"][:top]
-                )
-                lines.append(f"- {split} {dec}: {shown}")
-    return lines
+    return [
+        f"- {split} {dec}: "
+        + ", ".join(
+            f"{slot} {ref} -> {hyp or '(dropped)'} x{n}"
+            for slot, ref, hyp, n in r["confusions"][:top]
+        )
+        for split, dec, r in _scored(results)
+        if r.get("confusions")
+    ]
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
