@@ -151,3 +151,83 @@ def test_frame_word_labels_come_along_for_the_alignment_aid(tmp_path):
     # clip 1 has no alignment file: every frame ignored, padding too
     assert (batch.frame_labels[1] == IGNORE_LABEL).all()
     assert dataset.GridDataset(root, ("train",))[0].frame_labels is None
+
+
+def _constant_cache(tmp_path: Path, texts: list[str], lengths: list[int]) -> Path:
+    """Train clips whose every pixel is the clip's number x 40, each with an .align (words 8
+    frames long after 10 of silence), so a spliced sample shows where each frame came from."""
+    rows = []
+    for i, (text, n) in enumerate(zip(texts, lengths, strict=True)):
+        cid = f"s1_c{i}"
+        npz, _ = cache.clip_paths(tmp_path, cid)
+        roi, mel = np.full((n, 96, 96), 40 * i, dtype=np.uint8), np.zeros((4 * n, 80), np.float16)
+        cache.write_arrays(npz, roi=roi, mel=mel)
+        row = {c: "" for c in MANIFEST_COLUMNS}
+        row.update(
+            id=cid, split="train", status="ok", transcript=text, n_frames=n, roi_mean=100.0,
+            roi_std=50.0, roi_path=str(npz.relative_to(tmp_path)),
+            align=str(_write_align(tmp_path, cid, text)),
+        )  # fmt: skip
+        rows.append(row)
+    write_manifest(tmp_path, rows)
+    return tmp_path
+
+
+def test_splicing_cuts_at_the_middle_of_the_pause_between_two_words():
+    from mouthmap.data.corpus import Word
+
+    words = [Word(10000, 18000, "bin"), Word(22000, 30000, "blue"), Word(30000, 36000, "at")]
+    # pause 18000..22000, middle 20000: frame 20's centre (20500) is the first past it
+    assert dataset.splice_point(words, 1) == 20
+    assert dataset.splice_point(words, 2) == 30  # no pause: cut where "at" starts
+    video = np.arange(50)[:, None, None] * np.ones((1, 2, 2), dtype=np.int64)
+    frames, spliced, cut_a, cut_b = dataset.splice(video, words, video + 100, words, 2)
+    assert (cut_a, cut_b) == (30, 30)
+    assert frames[:, 0, 0].tolist() == [*range(30), *range(130, 150)]
+    with pytest.raises(ValueError, match="cannot splice"):
+        dataset.splice(video, words, video, words[:2], 1)
+    with pytest.raises(ValueError, match="cannot splice"):
+        dataset.splice(video, words, video, words, 0)
+
+
+def test_spliced_samples_are_new_sentences_whose_frames_labels_and_text_agree(tmp_path):
+    from mouthmap.data.corpus import WORDS, in_grammar
+
+    texts = ["bin blue at f two now", "set red by k one soon", "lay green in a zero please"]
+    root = _constant_cache(tmp_path, texts, [70, 66, 74])
+    data = dataset.GridDataset(
+        root, ("train",), normalisation=dataset.Normalisation(0.0, 1 / 255),
+        with_alignment=True, splice_p=1.0, seed=5,
+    )  # fmt: skip
+    seen = set()
+    for _ in range(8):
+        for i in range(3):
+            s = data[i]
+            assert in_grammar(s.text) and s.text not in texts
+            assert alphabet.decode(s.target.tolist()) == s.text
+            pixels = s.video[0, :, 0, 0].round().long().tolist()  # the source clip of each frame
+            assert pixels[0] == 40 * i and pixels[-1] != 40 * i
+            k = pixels.index(pixels[-1])  # where the other clip starts
+            assert set(pixels[k:]) == {pixels[-1]} and set(pixels[:k]) == {40 * i}
+            own, other = texts[i].split(), texts[pixels[-1] // 40].split()
+            words = s.text.split()
+            slot = next(n for n in range(1, 6) if words[:n] == own[:n] and words[n:] == other[n:])
+            # GRID timings in the fake: word n occupies frames 10 + 8n .. 17 + 8n of each clip
+            assert k == 10 + 8 * slot
+            labels = s.frame_labels.tolist()
+            assert labels[k - 1] == 1 + WORDS.index(own[slot - 1])
+            assert labels[k] == 1 + WORDS.index(other[slot])
+            assert len(labels) == len(pixels)
+            seen.add(s.text)
+    assert len(seen) > 6  # many different sentences, not one fixed mix
+
+
+def test_no_splicing_by_default_or_where_the_audio_must_stay_in_step(tmp_path):
+    texts = ["bin blue at f two now", "set red by k one soon"]
+    root = _constant_cache(tmp_path, texts, [70, 66])
+    plain = dataset.GridDataset(root, ("train",), with_alignment=True)
+    assert [plain[i].text for i in range(2)] == texts
+    # the mel cannot follow a cut in the video
+    audio = dataset.GridDataset(root, ("train",), with_alignment=True, with_audio=True, splice_p=1)
+    assert [audio[i].text for i in range(2)] == texts
+    assert [len(audio[i].frame_labels) for i in range(2)] == [70, 66]

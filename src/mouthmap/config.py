@@ -77,6 +77,8 @@ class TrainParams(_Section):
     scale_jitter: float = Field(0.0, ge=0, lt=1)  # per-clip zoom in [1 - s, 1 + s]
     brightness: float = Field(0.0, ge=0, le=1)  # per-clip offset, a fraction of full range
     contrast: float = Field(0.0, ge=0, lt=1)  # per-clip gain in [1 - c, 1 + c]
+    # chance a training clip is cut at a word boundary and finished by another clip's words
+    splice_p: float = Field(0.0, ge=0, le=1)
     align_weight: float = Field(0.0, ge=0)  # per-frame word classification from the alignments
     # 0: off; else evaluate, select and save a moving average of the weights (e.g. 0.998)
     ema_decay: float = Field(0.0, ge=0, lt=1)

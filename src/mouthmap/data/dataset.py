@@ -19,6 +19,7 @@ from mouthmap.data.prepare import read_manifest
 
 if TYPE_CHECKING:
     from mouthmap.config import TrainParams
+    from mouthmap.data.corpus import Word
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -128,6 +129,40 @@ def eval_transforms(crop: int = 88) -> list[Transform]:
     return [CenterCrop(crop)]
 
 
+# --- word splicing: new sentences from the words of two clips -------------------------------
+
+
+def splice_point(words: Sequence[Word], slot: int) -> int:
+    """The first frame of word ``slot`` (0-based) when a clip is cut between it and the word
+    before: the first frame whose centre lies past the middle of the pause between them."""
+    from mouthmap.data.corpus import FRAME_UNITS
+
+    middle = (words[slot - 1].end + words[slot].start) / 2
+    return max(0, math.ceil((middle - FRAME_UNITS / 2) / FRAME_UNITS))
+
+
+def splice(
+    first: np.ndarray,
+    first_words: Sequence[Word],
+    second: np.ndarray,
+    second_words: Sequence[Word],
+    slot: int,
+) -> tuple[np.ndarray, list[Word], int, int]:
+    """``first``'s frames up to word ``slot``, then ``second``'s from word ``slot`` on.
+
+    Both clips are GRID sentences (the same slots in the same order), so the result is one
+    too, most likely a sentence neither clip says: ``(frames, its words, the frame where
+    first is cut, the frame where second is cut)``. The words keep their own clip's times;
+    the caller labels frames per part."""
+    n = len(first_words)
+    if len(second_words) != n or not 0 < slot < n:
+        raise ValueError(f"cannot splice at word {slot} sentences of {n} and {len(second_words)}")
+    cut_a = min(splice_point(first_words, slot), len(first))
+    cut_b = min(splice_point(second_words, slot), len(second))
+    frames = np.concatenate([first[:cut_a], second[cut_b:]])
+    return frames, [*first_words[:slot], *second_words[slot:]], cut_a, cut_b
+
+
 # --- dataset ---------------------------------------------------------------------------------
 
 
@@ -174,6 +209,7 @@ class GridDataset(Dataset[Sample]):
         exclude: Collection[str] = (),
         limit: int | None = None,
         with_alignment: bool = False,
+        splice_p: float = 0.0,
     ) -> None:
         self.prepared_dir = Path(prepared_dir)
         df = read_manifest(self.prepared_dir) if manifest is None else manifest
@@ -183,6 +219,8 @@ class GridDataset(Dataset[Sample]):
         self.norm = normalisation or normalisation_from_manifest(df)
         self.with_audio = with_audio
         self.with_alignment = with_alignment  # per-frame word classes from the .align files
+        # chance that a sample is two clips spliced at a word boundary (needs the alignments)
+        self.splice_p = splice_p
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, *key: int) -> None:
@@ -195,7 +233,10 @@ class GridDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         row = self.rows.iloc[i]
         arrays = cache.read_arrays(self.prepared_dir / row["roi_path"])
-        x = arrays["roi"]
+        x, text = arrays["roi"], str(row["transcript"])
+        labels = self._frame_labels(row, len(x)) if self.with_alignment else None
+        if self.splice_p and len(self.rows) > 1 and self.rng.random() < self.splice_p:
+            x, text, labels = self._spliced(i, x, text, labels)
         for t in self.transforms:
             x = t(x, self.rng)
         video = (torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0 - self.norm.mean) / (
@@ -204,10 +245,32 @@ class GridDataset(Dataset[Sample]):
         mel = None
         if self.with_audio:
             mel = torch.from_numpy(arrays["mel"].astype(np.float32))
-        text = str(row["transcript"])
         target = torch.tensor(alphabet.encode(text), dtype=torch.long)
-        labels = self._frame_labels(row, video.shape[0]) if self.with_alignment else None
         return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel, labels)
+
+    def _spliced(
+        self, i: int, x: np.ndarray, text: str, labels: torch.Tensor | None
+    ) -> tuple[np.ndarray, str, torch.Tensor | None]:
+        """This clip up to a random word boundary, another's from there on; unchanged when
+        either alignment is unusable or the audio must stay in step with the video."""
+        from mouthmap.data.corpus import AlignError, read_align, transcript
+
+        if self.with_audio:
+            return x, text, labels
+        j = int(self.rng.integers(0, len(self.rows) - 1))
+        row, other = self.rows.iloc[i], self.rows.iloc[j + (j >= i)]  # any clip but this one
+        try:
+            words, other_words = (read_align(str(r.get("align", ""))) for r in (row, other))
+        except AlignError:
+            return x, text, labels
+        if len(words) != len(other_words) or len(words) < 2:
+            return x, text, labels
+        y = cache.read_arrays(self.prepared_dir / other["roi_path"])["roi"]
+        slot = int(self.rng.integers(1, len(words)))
+        out, spliced, cut_a, cut_b = splice(x, words, y, other_words, slot)
+        if labels is not None:
+            labels = torch.cat([labels[:cut_a], self._frame_labels(other, len(y))[cut_b:]])
+        return out, transcript(spliced), labels
 
     @staticmethod
     def _frame_labels(row: pd.Series, frames: int) -> torch.Tensor:

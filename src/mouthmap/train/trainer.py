@@ -155,7 +155,7 @@ def _loaders(
     common = dict(normalisation=norm, manifest=manifest, exclude=exclude, with_audio=with_audio)
     train_set = ds.GridDataset(
         prepared, ("train",), train_tf, limit=tp.limit_train, with_alignment=with_alignment,
-        **common,
+        splice_p=tp.splice_p, **common,
     )  # fmt: skip
     val_set = ds.GridDataset(prepared, ("val",), ds.eval_transforms(tp.crop), **common)
     if len(train_set) == 0 or len(val_set) == 0:
