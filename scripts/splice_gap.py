@@ -38,7 +38,8 @@ def main() -> None:
     if head is None:
         raise SystemExit(f"{args.checkpoint}: no word head (trained with train.align_weight 0)")
     prepared = Path(args.prepared)
-    norm = ds.normalisation_from_manifest(read_manifest(prepared))
+    manifest = read_manifest(prepared)
+    norm = ds.normalisation_from_manifest(manifest)
     print("| split | clips | word head WER, whole | spliced | greedy WER, whole | spliced |")
     print("|---|---:|---:|---:|---:|---:|")
     for split, limit in (("train", args.train_clips), ("val", None)):
@@ -46,7 +47,7 @@ def main() -> None:
         for splice_p in (0.0, 1.0):
             data = ds.GridDataset(
                 prepared, (split,), ds.eval_transforms(), norm, seed=args.seed, limit=limit,
-                with_alignment=True, splice_p=splice_p,
+                manifest=manifest, with_alignment=True, splice_p=splice_p,
             )  # fmt: skip
             loader = DataLoader(data, batch_size=8, collate_fn=ds.collate)
             refs, greedy, words = trainer.predict(model, loader, torch.device("cpu"), head)

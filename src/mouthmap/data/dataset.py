@@ -234,9 +234,10 @@ class GridDataset(Dataset[Sample]):
         row = self.rows.iloc[i]
         arrays = cache.read_arrays(self.prepared_dir / row["roi_path"])
         x, text = arrays["roi"], str(row["transcript"])
-        labels = self._frame_labels(row, len(x)) if self.with_alignment else None
+        words = self._words(row) if self.with_alignment or self.splice_p else None
+        labels = self._frame_labels(words, len(x)) if self.with_alignment else None
         if self.splice_p and len(self.rows) > 1 and self.rng.random() < self.splice_p:
-            x, text, labels = self._spliced(i, x, text, labels)
+            x, text, labels = self._spliced(i, x, words, text, labels)
         for t in self.transforms:
             x = t(x, self.rng)
         video = (torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0 - self.norm.mean) / (
@@ -249,38 +250,48 @@ class GridDataset(Dataset[Sample]):
         return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel, labels)
 
     def _spliced(
-        self, i: int, x: np.ndarray, text: str, labels: torch.Tensor | None
+        self,
+        i: int,
+        x: np.ndarray,
+        words: list[Word] | None,
+        text: str,
+        labels: torch.Tensor | None,
     ) -> tuple[np.ndarray, str, torch.Tensor | None]:
         """This clip up to a random word boundary, another's from there on; unchanged when
         either alignment is unusable or the audio must stay in step with the video."""
-        from mouthmap.data.corpus import AlignError, read_align, transcript
+        from mouthmap.data.corpus import transcript
 
         if self.with_audio:
             return x, text, labels
         j = int(self.rng.integers(0, len(self.rows) - 1))
-        row, other = self.rows.iloc[i], self.rows.iloc[j + (j >= i)]  # any clip but this one
-        try:
-            words, other_words = (read_align(str(r.get("align", ""))) for r in (row, other))
-        except AlignError:
-            return x, text, labels
-        if len(words) != len(other_words) or len(words) < 2:
+        other = self.rows.iloc[j + (j >= i)]  # any clip but this one
+        other_words = self._words(other) if words is not None else None
+        if other_words is None or len(words) != len(other_words) or len(words) < 2:
             return x, text, labels
         y = cache.read_arrays(self.prepared_dir / other["roi_path"])["roi"]
         slot = int(self.rng.integers(1, len(words)))
         out, spliced, cut_a, cut_b = splice(x, words, y, other_words, slot)
         if labels is not None:
-            labels = torch.cat([labels[:cut_a], self._frame_labels(other, len(y))[cut_b:]])
+            labels = torch.cat([labels[:cut_a], self._frame_labels(other_words, len(y))[cut_b:]])
         return out, transcript(spliced), labels
 
     @staticmethod
-    def _frame_labels(row: pd.Series, frames: int) -> torch.Tensor:
-        """Word class per frame from the clip's .align file; all ignored when it is gone."""
-        from mouthmap.data.corpus import IGNORE_LABEL, AlignError, frame_labels, read_align
+    def _words(row: pd.Series) -> list[Word] | None:
+        """The clip's spoken words from its .align file; ``None`` when it is gone or bad."""
+        from mouthmap.data.corpus import AlignError, read_align
 
         try:
-            labels = frame_labels(read_align(str(row.get("align", ""))), frames)
+            return read_align(str(row.get("align", "")))
         except AlignError:
-            labels = [IGNORE_LABEL] * frames
+            return None
+
+    @staticmethod
+    def _frame_labels(words: list[Word] | None, frames: int) -> torch.Tensor:
+        """Word class per frame (:func:`~mouthmap.data.corpus.frame_labels`); all ignored
+        without an alignment."""
+        from mouthmap.data.corpus import IGNORE_LABEL, frame_labels
+
+        labels = frame_labels(words, frames) if words is not None else [IGNORE_LABEL] * frames
         return torch.tensor(labels, dtype=torch.long)
 
 
