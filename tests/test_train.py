@@ -195,19 +195,28 @@ def test_the_alignment_aid_trains_a_word_head_that_is_not_exported(prepared_samp
 
 def test_training_on_spliced_clips_and_the_splice_gap_of_its_checkpoint(prepared_sample, tmp_path):
     """train.splice_p: every training clip spliced with another at a word boundary; then
-    scripts/splice_gap.py reads the checkpoint's word head on whole and spliced clips."""
+    scripts/splice_gap.py reads the checkpoint's word head on whole and spliced clips, without
+    the clips the data validation quarantined."""
+    from mouthmap.data.prepare import read_manifest
+
     params = _params(tmp_path, prepared_sample, epochs=1, align_weight=1.0, splice_p=1.0)
     result = train(params, progress=False)
     assert result.history[0]["train_align"] > 0
+    manifest = read_manifest(prepared_sample / "prepared")
+    val = manifest[(manifest["split"] == "val") & (manifest["status"] == "ok")]["id"]
+    assert len(val) == 3
+    quarantine = params.path(params.validate_.metrics)
+    quarantine.parent.mkdir(parents=True, exist_ok=True)
+    quarantine.write_text(json.dumps({"quarantined": [val.iloc[0]]}))
     script = Path(__file__).parents[1] / "scripts" / "splice_gap.py"
     run = subprocess.run(
         [sys.executable, str(script), "--checkpoint", str(result.best_checkpoint),
-         "--prepared", str(prepared_sample / "prepared"), "--train-clips", "5"],
+         "-p", str(tmp_path / "params.yaml"), "--train-clips", "5"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     rows = [r.split("|")[1:-1] for r in run.stdout.splitlines() if r.startswith("| ")][1:]
-    assert [(r[0].strip(), int(r[1])) for r in rows] == [("train", 5), ("val", 3)]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [("train", 5), ("val", 2)]
     assert all(cell.strip().endswith("%") for r in rows for cell in r[2:])
     (tmp_path / "b").mkdir()
     no_head = train(_params(tmp_path / "b", prepared_sample, epochs=1), progress=False)
