@@ -203,10 +203,12 @@ def blue_or_blua() -> np.ndarray:
     return spike_log_probs(SENTENCE, {pos: {"a": 0.52, "e": 0.43}})
 
 
-def test_beam_with_lm_fixes_a_letter_that_greedy_gets_wrong(lm: LMFiles):
+def test_beam_with_lm_fixes_a_letter_that_greedy_gets_wrong(lm: LMFiles, capfd):
     lp = blue_or_blua()
     assert greedy_decode(lp) == "bin blua at f two now"
     assert BeamDecoder(lm).decode(lp) == SENTENCE
+    # KenLM's loading chatter (progress bar, "build a binary file") stays off the terminal
+    assert capfd.readouterr().err == ""
 
 
 def test_beam_without_lm_still_decodes_but_cannot_fix_spelling():

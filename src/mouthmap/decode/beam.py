@@ -68,7 +68,7 @@ def _build(
     beta: float,
     unk_score_offset: float,
 ) -> Any:
-    """pyctcdecode's ``build_ctcdecoder``, but loading KenLM without its progress bar.
+    """pyctcdecode's ``build_ctcdecoder``, but loading KenLM without its progress bar or advice.
 
     Imported lazily: pyctcdecode and kenlm are needed only once someone beam-decodes.
     """
@@ -80,6 +80,8 @@ def _build(
 
     config = kenlm.Config()
     config.show_progress = False
+    # the wheel has no build_binary to act on its "faster if you build a binary file" advice
+    config.arpa_complain = kenlm.ARPALoadComplain.NONE
     try:
         model = kenlm.Model(str(lm_files.arpa), config)
     except OSError as err:
