@@ -7,7 +7,7 @@ artifacts beside it under ``mlruns/``; nothing needs a server.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,23 @@ def run(uri: str | None, root: Path, experiment: str, run_name: str, enabled: bo
 
     turi, artifacts = tracking_uri(uri, root)
     mlflow.set_tracking_uri(turi)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
-    mlflow.set_experiment(experiment)
+    with _first_use_lock(uri, root):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as active:
         yield active
+
+
+def _first_use_lock(uri: str | None, root: Path) -> Any:
+    """A lock on the local store while it is created: two runs started at once on a fresh
+    checkout would both migrate the new SQLite schema ("duplicate column name: step") or both
+    create the experiment. A server serialises this itself."""
+    if uri:
+        return nullcontext()
+    from filelock import FileLock
+
+    return FileLock(str((root / "mlruns").resolve() / "mlflow.db.lock"))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
