@@ -35,7 +35,11 @@ def run(uri: str | None, root: Path, experiment: str, run_name: str, enabled: bo
     mlflow.set_tracking_uri(turi)
     with _first_use_lock(uri, root):
         if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifacts)
+            try:
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
+            except mlflow.exceptions.MlflowException:
+                if mlflow.get_experiment_by_name(experiment) is None:
+                    raise  # not another client creating it first: a real failure
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as active:
         yield active
@@ -44,7 +48,8 @@ def run(uri: str | None, root: Path, experiment: str, run_name: str, enabled: bo
 def _first_use_lock(uri: str | None, root: Path) -> Any:
     """A lock on the local store while it is created: two runs started at once on a fresh
     checkout would both migrate the new SQLite schema ("duplicate column name: step") or both
-    create the experiment. A server serialises this itself."""
+    create the experiment. A server owns its schema; of clients creating one experiment at
+    once, all but the first are told it exists, and use it."""
     if uri:
         return nullcontext()
     from filelock import FileLock
