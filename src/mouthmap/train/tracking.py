@@ -18,7 +18,7 @@ def tracking_uri(uri: str | None, root: Path) -> tuple[str, str | None]:
     """(tracking URI, artifact location for a new experiment) for ``uri`` or the default."""
     if uri:
         return uri, None
-    store = (root / "mlruns").resolve()
+    store = _local_store(root)
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
 
@@ -54,7 +54,12 @@ def _first_use_lock(uri: str | None, root: Path) -> Any:
         return nullcontext()
     from filelock import FileLock
 
-    return FileLock(str((root / "mlruns").resolve() / "mlflow.db.lock"))
+    return FileLock(str(_local_store(root) / "mlflow.db.lock"))
+
+
+def _local_store(root: Path) -> Path:
+    """The default store's directory: SQLite database, its lock and the artifacts."""
+    return (root / "mlruns").resolve()
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
