@@ -133,6 +133,67 @@ def data_validate(params_file: str = ParamsOpt) -> None:
     _report_quality(quality)
 
 
+@data_app.command("pack")
+def data_pack(
+    out: Path = typer.Argument(..., help="the pack to write, e.g. grid_s1.tar"),
+    crf: int = typer.Option(18, help="H.264 quality: lower is closer to the original, larger"),
+    audio: bool = typer.Option(False, help="keep the log-mel features (audio models, KD)"),
+    workers: int = typer.Option(2, "--workers", "-j", help="parallel encoders"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Write the prepared corpus as one compact file (ROIs as H.264) for another machine."""
+    from tqdm import tqdm
+
+    from mouthmap.data.pack import PackError, pack
+
+    params = _params(params_file)
+    prepared = params.path(params.data.prepared_dir)
+    n = _count_ok(prepared)
+    try:
+        report = pack(
+            prepared, out, params.path(params.validate_.metrics), crf=crf, audio=audio,
+            workers=workers, progress=lambda it: tqdm(it, total=n, desc="pack", unit="clip"),
+        )  # fmt: skip
+    except (PackError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(
+        f"packed {report.clips} clips into {out} ({report.mb:.1f} MB, {report.seconds:.0f} s); "
+        f"mean absolute pixel error {report.mean_abs_error:.2f} of 255 (crf {crf})"
+    )
+
+
+@data_app.command("unpack")
+def data_unpack(
+    pack_file: Path = typer.Argument(..., help="a pack written by `mouthmap data pack`"),
+    workers: int = typer.Option(4, "--workers", "-j", help="parallel decoders"),
+    params_file: str = ParamsOpt,
+) -> None:
+    """Rebuild data.prepared_dir (and the validation report) from a pack; replaces them."""
+    from tqdm import tqdm
+
+    from mouthmap.data.pack import PackError, unpack
+
+    params = _params(params_file)
+    prepared, quality = params.path(params.data.prepared_dir), params.path(params.validate_.metrics)
+    try:
+        report = unpack(
+            pack_file, prepared, quality, workers=workers,
+            progress=lambda it: tqdm(it, desc="unpack", unit="clip"),
+        )  # fmt: skip
+    except PackError as e:
+        _fail(str(e))
+    typer.echo(f"unpacked {report.clips} clips into {prepared} in {report.seconds:.0f} s")
+
+
+def _count_ok(prepared: Path) -> int | None:
+    from mouthmap.data.prepare import read_manifest
+
+    try:
+        return int((read_manifest(prepared)["status"] == "ok").sum())
+    except FileNotFoundError:
+        return None
+
+
 def _report_quality(quality, exit_when_bad: bool = True) -> bool:
     """Print the validation summary; exit 1 (or return False) unless the data is usable."""
     typer.echo(quality.report.summary())
@@ -196,7 +257,9 @@ def train(
     limit_train: int = typer.Option(None, help="use only the first N training clips"),
     init_from: str = typer.Option(None, help="start from this checkpoint's weights (fine-tune)"),
     out: str = typer.Option(None, "--out", help="output directory (default: train.out_dir)"),
-    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
+    mlflow_uri: str = typer.Option(
+        None, help="MLflow tracking URI (default: local SQLite; off: none)"
+    ),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     params_file: str = ParamsOpt,
 ) -> None:
@@ -554,7 +617,9 @@ def distill(
     limit_train: int = typer.Option(None, help="use only the first N training clips"),
     init_from: str = typer.Option(None, help="start from this checkpoint's weights (fine-tune)"),
     out: str = typer.Option(None, "--out", help="output directory (default: distill.out_dir)"),
-    mlflow_uri: str = typer.Option(None, help="MLflow tracking URI (default: local SQLite)"),
+    mlflow_uri: str = typer.Option(
+        None, help="MLflow tracking URI (default: local SQLite; off: none)"
+    ),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     params_file: str = ParamsOpt,
 ) -> None:

@@ -85,7 +85,7 @@ class TrainParams(_Section):
     limit_train: int | None = Field(None, ge=1)  # a data budget: the first N train clips
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning), not random
     out_dir: str = "runs/train"
-    mlflow_uri: str | None = None  # default: a local SQLite store under mlruns/
+    mlflow_uri: str | None = None  # default: a local SQLite store under mlruns/; "off": none
     experiment: str = "mouthmap"
 
 

@@ -245,6 +245,11 @@ class GridDataset(Dataset[Sample]):
         )
         mel = None
         if self.with_audio:
+            if "mel" not in arrays:
+                raise ValueError(
+                    f"{self.prepared_dir / row['roi_path']} has no audio features: the cache was"
+                    " unpacked from a pack made without them (mouthmap data pack --audio)"
+                )
             mel = torch.from_numpy(arrays["mel"].astype(np.float32))
         target = torch.tensor(alphabet.encode(text), dtype=torch.long)
         return Sample(str(row["id"]), video.unsqueeze(0), target, text, mel, labels)

@@ -253,7 +253,9 @@ def read_manifest(prepared_dir: Path) -> pd.DataFrame:
     path = prepared_dir / cache.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `mouthmap data prepare` first")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    # round_trip: the pixel statistics read back exactly as written (a re-written manifest,
+    # such as a pack's, then keeps the same input normalisation)
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], float_precision="round_trip")
     for col in ("id", "speaker", "video", "align", "split", "status", "error", "transcript",
                 "roi_path"):  # fmt: skip
         df[col] = df[col].fillna("").astype(str)

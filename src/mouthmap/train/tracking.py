@@ -1,7 +1,9 @@
 """MLflow tracking: a local SQLite store by default, the stack's server when given.
 
 MLflow 3 refuses new plain-file stores, so the local default is a SQLite file with
-artifacts beside it under ``mlruns/``; nothing needs a server.
+artifacts beside it under ``mlruns/``; nothing needs a server. ``off`` as the URI turns
+tracking off (a rented machine without MLflow installed): the run directory's
+``history.json``, learning curve and checkpoints are then the record.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+OFF = "off"
+
+
+def is_off(uri: str | None) -> bool:
+    return (uri or "").strip().lower() == OFF
 
 
 def tracking_uri(uri: str | None, root: Path) -> tuple[str, str | None]:
@@ -25,8 +33,8 @@ def tracking_uri(uri: str | None, root: Path) -> tuple[str, str | None]:
 
 @contextmanager
 def run(uri: str | None, root: Path, experiment: str, run_name: str, enabled: bool = True):
-    """An active MLflow run (or a no-op stand-in on non-main DDP ranks)."""
-    if not enabled:
+    """An active MLflow run (or a no-op stand-in on non-main DDP ranks and with ``off``)."""
+    if not enabled or is_off(uri):
         yield None
         return
     import mlflow
