@@ -292,3 +292,20 @@ def test_an_ema_run_saves_averaged_weights_and_resumes_exactly(
     for k in model:
         assert torch.allclose(again["raw"]["model"][k].float(), raw[k].float(), atol=1e-5), k
         assert torch.allclose(again["model"][k].float(), model[k].float(), atol=1e-5), k
+
+
+def test_a_wall_time_budget_stops_before_an_epoch_that_would_overrun_it(prepared_sample, tmp_path):
+    # an epoch takes seconds here: a 0.01-minute budget allows the first and no other
+    runner = CliRunner()
+    path = write_params(
+        tmp_path, data={"prepared_dir": str(prepared_sample / "prepared")},
+        train={"epochs": 3, "mlflow_uri": "off"},
+    )  # fmt: skip
+    got = runner.invoke(app, ["train", "-p", str(path), "--max-minutes", "0.01"])
+    assert got.exit_code == 0, got.output
+    assert "trained tiny for 1 epochs" in got.output
+    assert "stopped at the 0.01-minute limit" in got.output
+    assert (tmp_path / "runs" / "train" / "best.pt").is_file()
+    # without the budget the same run goes on to its last epoch
+    result = train(_params(tmp_path, prepared_sample, epochs=2, max_minutes=60), progress=False)
+    assert result.epochs_run == 2 and not result.out_of_time

@@ -260,6 +260,9 @@ def train(
     mlflow_uri: str = typer.Option(
         None, help="MLflow tracking URI (default: local SQLite; off: none)"
     ),
+    max_minutes: float = typer.Option(
+        None, help="wall-time budget: start no epoch that would end past it"
+    ),
     resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
     params_file: str = ParamsOpt,
 ) -> None:
@@ -270,6 +273,7 @@ def train(
     overrides = {
         "model.name": model, "train.epochs": epochs, "train.limit_train": limit_train,
         "train.init_from": init_from, "train.out_dir": out, "train.mlflow_uri": mlflow_uri,
+        "train.max_minutes": max_minutes,
     }  # fmt: skip
     params = _params(params_file, **overrides)
     if model:
@@ -279,10 +283,12 @@ def train(
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         _fail(str(e))
     if result.history:
+        how = "stopped early" if result.stopped_early else "all epochs"
+        if result.out_of_time:
+            how = f"stopped at the {params.train.max_minutes:g}-minute limit"
         typer.echo(
             f"trained {params.model.name} for {result.epochs_run} epochs on {result.device} in "
-            f"{result.seconds:.0f} s; {_best_epoch(result)} "
-            f"({'stopped early' if result.stopped_early else 'all epochs'}); "
+            f"{result.seconds:.0f} s; {_best_epoch(result)} ({how}); "
             f"checkpoint {result.best_checkpoint}"
         )
 

@@ -66,6 +66,8 @@ class TrainParams(_Section):
     warmup_epochs: float = Field(2.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
     patience: int = Field(12, ge=1)  # epochs without a better validation WER
+    # wall-time budget (a rented GPU): no epoch is started that would end past it; best.pt stays
+    max_minutes: float | None = Field(None, gt=0)
     seed: int = 1234
     num_workers: int = Field(0, ge=0)
     amp: bool = True  # mixed precision, used only on CUDA

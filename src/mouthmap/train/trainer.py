@@ -44,6 +44,7 @@ class TrainResult:
     run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_words_wer: float | None = None  # the word head's, where the run trains one
+    out_of_time: bool = False  # stopped by train.max_minutes
 
 
 def seed_everything(seed: int) -> None:
@@ -255,7 +256,7 @@ def train(
         "hardware": hardware_description(device, dinfo.world_size),
         "params": json.loads(params.model_dump_json(by_alias=True)),
     }
-    stopped_early, run_id = False, None
+    stopped_early, out_of_time, run_id, slowest = False, False, None, 0.0
     run_name = run_name or f"train-{params.model.name}"
     with tracking.run(tp.mlflow_uri, params.root, tp.experiment, run_name, dinfo.is_main) as mlrun:
         if mlrun is not None:
@@ -370,8 +371,12 @@ def train(
                         + (f"word head WER {head:.4f}  " if head is not None else "")
                         + f"({row['epoch_seconds']:.0f} s)"
                     )
+            slowest = max(slowest, time.perf_counter() - t0)
+            limit = 60 * tp.max_minutes if tp.max_minutes else float("inf")
+            late = dinfo.is_main and time.perf_counter() - t_start + slowest > limit
+            out_of_time = distributed.broadcast_flag(late and epoch + 1 < tp.epochs, dinfo)
             stop = distributed.broadcast_flag(dinfo.is_main and bad_epochs >= tp.patience, dinfo)
-            if stop:
+            if stop or out_of_time:
                 stopped_early = True
                 break
         if dinfo.is_main:
@@ -397,6 +402,7 @@ def train(
         run_id,
         history,
         best.get("val_words_wer"),
+        out_of_time,
     )
 
 
