@@ -70,7 +70,7 @@ def test_every_hyper_parameter_of_params_yaml_is_a_pipeline_parameter_with_its_d
             default = inputs[name].get("defaultValue")
             expected = {} if value is None and key == "spec" else value
             if value is None:
-                expected = {"STRING": "", "NUMBER_INTEGER": 0, "STRUCT": {}}[
+                expected = {"STRING": "", "NUMBER_INTEGER": 0, "NUMBER_DOUBLE": 0.0, "STRUCT": {}}[
                     inputs[name]["parameterType"]
                 ]
             assert default == expected, f"{name}: IR default {default!r} != params.yaml {value!r}"
