@@ -45,7 +45,10 @@ python3 -m mouthmap data unpack .gpu/grid.tar -p "$p" -j 16 2>&1 | tail -1
 left() { echo "$(( minutes * 60 - ($(date +%s) - start) ))"; }
 epochs_given=$(printf '%s\n' "$@" | grep -c '^train\.epochs=' || true)
 if [ "$epochs_given" = 0 ]; then
-  python3 -m mouthmap train -p "$p" --epochs 2 --out runs/gpu_probe > "$out/probe.log" 2>&1
+  python3 -m mouthmap train -p "$p" --epochs 2 --out runs/gpu_probe > "$out/probe.log" 2>&1 || {
+    tr '\r' '\n' < "$out/probe.log" | tail -30
+    exit 1
+  }
   epochs=$(python3 - "$(left)" <<'PY'
 import json, sys
 history = json.load(open("runs/gpu_probe/history.json"))

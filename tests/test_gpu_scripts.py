@@ -52,3 +52,9 @@ def test_gpu_train_unpacks_probes_trains_within_its_budget_and_leaves_a_slim_che
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode != 0 and "is not section.key=value" in bad.stderr
+    # a run that fails on the machine shows why in the call's output, not only in $OUT
+    failed = subprocess.run(
+        ["bash", "scripts/gpu_train.sh", "2", "model.name=no_such_model"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert failed.returncode != 0 and "no_such_model" in failed.stdout
