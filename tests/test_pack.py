@@ -66,6 +66,8 @@ def test_unpacking_rebuilds_a_cache_that_reads_like_the_original(
         assert y["roi"].shape == x["roi"].shape
         assert np.abs(y["roi"].astype(int) - x["roi"]).mean() < 3
         assert np.array_equal(y["centers"], x["centers"]) and "mel" not in y
+        record = cache.read_record(tmp_path / "prepared" / "clips" / f"{cid}.json")
+        assert record["row"]["align"] == align and "/" not in record["row"]["video"]
     assert json.loads(quality.read_text())["quarantined"] == ["s1_bbaf2n"]
     # without --audio there is no mel, and an audio model is told why
     ds = GridDataset(tmp_path / "prepared", with_audio=True)

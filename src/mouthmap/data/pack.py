@@ -144,6 +144,8 @@ def pack(
         buf = io.BytesIO()
         np.savez_compressed(buf, **keep)
         record = cache.read_record(prepared_dir / cache.CLIPS_DIR / f"{row.id}.json") or {}
+        if "row" in record:  # the record's copy of the manifest row, as packed
+            record["row"].update(align=packed_align.get(row.id, ""), video=_file_name(row.video))
         return row.id, video, buf.getvalue(), json.dumps(record).encode(), err
 
     aligns = {}
@@ -151,9 +153,10 @@ def pack(
         src = Path(row.align)
         if row.align and src.is_file():
             aligns[row.id] = (src, f"{ALIGN_DIR}/{row.speaker}/{src.name}")
+    packed_align = {cid: name for cid, (_, name) in aligns.items()}
     packed = df.copy()
-    packed["align"] = [aligns[i][1] if i in aligns else "" for i in packed["id"]]
-    packed["video"] = [PurePosixPath(v).name for v in packed["video"]]  # no local paths
+    packed["align"] = [packed_align.get(i, "") for i in packed["id"]]
+    packed["video"] = [_file_name(v) for v in packed["video"]]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -182,6 +185,11 @@ def pack(
         tmp.unlink(missing_ok=True)
         raise
     return PackReport(len(df), out.stat().st_size, time.perf_counter() - t0, float(np.mean(errors)))
+
+
+def _file_name(path: str) -> str:
+    """A source video's name without this machine's directories (a pack holds no local paths)."""
+    return PurePosixPath(path).name
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
