@@ -10,11 +10,13 @@ params=${1:-params.yaml}
 cd "$(git rev-parse --show-toplevel)"
 mkdir -p .gpu/whl
 python -m mouthmap data pack .gpu/grid.tar -p "$params"
-# the GPU image has torch, numpy, pandas, OpenCV, PyYAML, tqdm, typer and matplotlib; not these
-# (MLflow neither: the script trains with tracking off). Pinned to what runs here.
+# the GPU image has torch, numpy, pandas, OpenCV, PyYAML, tqdm and matplotlib; not pydantic or
+# jiwer (nor MLflow: the script trains with tracking off). Its typer and click may be other
+# versions than the CLI was written for, so those travel too. Pinned to what runs here.
 pins=$(python - <<'PY'
 from importlib.metadata import version
-names = ["pydantic", "pydantic_core", "annotated-types", "typing-inspection", "jiwer", "rapidfuzz"]
+names = ["pydantic", "pydantic_core", "annotated-types", "typing-inspection", "jiwer", "rapidfuzz",
+         "typer", "click"]
 print(" ".join(f"{n}=={version(n)}" for n in names))
 PY
 )
