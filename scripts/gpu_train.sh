@@ -4,10 +4,11 @@
 # checkpoint, its history and learning curve in $OUT (the device tool brings $OUT back).
 #
 # usage: bash scripts/gpu_train.sh MINUTES [section.key=value ...]
-#   e.g. bash scripts/gpu_train.sh 8 train.align_weight=2.0 train.splice_p=0.5
+#   e.g. bash scripts/gpu_train.sh 7 train.align_weight=2.0 train.splice_p=0.5
 # The overrides apply to params.yaml. A 2-epoch probe times an epoch first, so the real run's
 # train.epochs (and its cosine schedule) fit in what is left of MINUTES, unless
-# train.epochs is given; train.max_minutes stops it in time either way.
+# train.epochs is given; train.max_minutes stops it in time either way. Without a GPU it stops
+# at once, unless ALLOW_CPU=1.
 set -euo pipefail
 minutes=${1:?usage: gpu_train.sh MINUTES [section.key=value ...]}
 shift
@@ -21,7 +22,17 @@ if ! python3 -c "import pydantic, jiwer" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU seen"
+# fail in seconds, not after the budget, where PyTorch cannot use the GPU
+python3 - <<'PY' || exit 1
+import os, sys
+import torch
+if torch.cuda.is_available():
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
+elif os.environ.get("ALLOW_CPU") == "1":
+    print(f"torch {torch.__version__}: no GPU, training on the CPU (ALLOW_CPU=1)")
+else:
+    sys.exit("error: PyTorch sees no GPU (ALLOW_CPU=1 trains on the CPU anyway)")
+PY
 
 # the run's parameter file: params.yaml, the GPU's DataLoader workers, then the overrides
 # (in the repository root: relative paths in a parameter file are read from where it lies)

@@ -27,6 +27,7 @@ def test_gpu_train_unpacks_probes_trains_within_its_budget_and_leaves_a_slim_che
     env = {
         **os.environ,
         "OUT": str(out),
+        "ALLOW_CPU": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # python3: this one
     }
     overrides = ["train.limit_train=4", "train.batch_size=4", "train.num_workers=0"]
@@ -35,7 +36,7 @@ def test_gpu_train_unpacks_probes_trains_within_its_budget_and_leaves_a_slim_che
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert got.returncode == 0, got.stdout + got.stderr
-    assert "unpacked 20 clips" in got.stdout
+    assert "unpacked 20 clips" in got.stdout and "no GPU, training on the CPU" in got.stdout
     assert "s/epoch; training" in got.stdout  # the probe sized the run to the budget
     history = json.loads((out / "history.json").read_text())
     planned = int(got.stdout.split("s/epoch; training ")[1].split()[0])
@@ -58,3 +59,9 @@ def test_gpu_train_unpacks_probes_trains_within_its_budget_and_leaves_a_slim_che
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert failed.returncode != 0 and "no_such_model" in failed.stdout
+    # without a GPU and without ALLOW_CPU it stops at once instead of spending the lease
+    no_gpu = subprocess.run(
+        ["bash", "scripts/gpu_train.sh", "2"],
+        cwd=tmp_path, env={**env, "ALLOW_CPU": "0"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert no_gpu.returncode != 0 and "PyTorch sees no GPU" in no_gpu.stderr
