@@ -116,3 +116,41 @@ def test_a_service_that_never_gets_healthy_is_stopped(tmp_path):
         proc.start(cmd, health=lambda: False, timeout=1.5)
     assert time.monotonic() - t0 < 30
     assert not proc.is_running() and not proc.pid_file.exists()
+
+
+class _VolumesNotYetKnown:
+    """An S3 client whose reads fail ``failures`` times, as SeaweedFS's do in the moments
+    after a restart before the volume server's first heartbeat ("volume 1 not found")."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.objects, self.calls = failures, {}, []
+
+    def put_object(self, Bucket, Key, Body):  # noqa: N803 (boto3's names)
+        self.calls.append("put")
+        self.objects[Key] = Body
+
+    def get_object(self, Bucket, Key):  # noqa: N803
+        import io
+
+        from botocore.exceptions import ClientError
+
+        self.calls.append("get")
+        if self.failures:
+            self.failures -= 1
+            raise ClientError({"Error": {"Code": "InternalError"}}, "GetObject")
+        return {"Body": io.BytesIO(self.objects[Key])}
+
+    def delete_object(self, Bucket, Key):  # noqa: N803
+        self.calls.append("delete")
+        del self.objects[Key]
+
+
+def test_the_stack_waits_until_stored_objects_can_be_read():
+    from mouthmap.stack.seaweed import wait_for_data_path
+
+    client = _VolumesNotYetKnown(failures=3)
+    wait_for_data_path(client, "dvc", timeout=10)
+    assert client.calls.count("get") == 4 and client.calls[-1] == "delete"
+    assert client.objects == {}  # the probe object is gone
+    with pytest.raises(StackError, match="does not store objects yet"):
+        wait_for_data_path(_VolumesNotYetKnown(failures=10**6), "dvc", timeout=0.5)

@@ -140,6 +140,34 @@ def ensure_buckets(client, buckets: tuple[str, ...], timeout: float = 30.0) -> N
                 time.sleep(0.5)
 
 
+READY_KEY = ".mouthmap/ready"
+
+
+def wait_for_data_path(client, bucket: str, timeout: float = 60.0) -> None:
+    """Write, read back and delete a small object: S3 and its filer answer before the volume
+    server has told the master which volumes it holds, and until then reading an object
+    stored before a restart fails ("volume 1 not found"). A write needs a registered volume
+    server, whose first heartbeat lists every volume it loaded, so once this round trip
+    works the objects from before the restart can be read too."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    body = f"ready {time.time()}".encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.put_object(Bucket=bucket, Key=READY_KEY, Body=body)
+            if client.get_object(Bucket=bucket, Key=READY_KEY)["Body"].read() == body:
+                client.delete_object(Bucket=bucket, Key=READY_KEY)
+                return
+        except (ClientError, BotoCoreError) as e:
+            if time.monotonic() >= deadline:
+                raise StackError(f"S3 bucket {bucket!r} does not store objects yet: {e}") from e
+        else:
+            if time.monotonic() >= deadline:
+                raise StackError(f"S3 bucket {bucket!r} returned other bytes than were written")
+        time.sleep(0.25)
+
+
 class SeaweedS3:
     """The SeaweedFS S3 service of one stack state directory."""
 
@@ -294,7 +322,10 @@ class SeaweedS3:
 
     def _finish(self, port: int, pid: int | None, *, managed: bool, reused: bool) -> S3Endpoint:
         url = self.url(port)
-        ensure_buckets(s3_client(url, self.credentials), self.buckets)
+        client = s3_client(url, self.credentials)
+        ensure_buckets(client, self.buckets)
+        if self.buckets:
+            wait_for_data_path(client, self.buckets[0])
         return S3Endpoint(url, self.credentials, self.buckets, pid, managed, reused)
 
     def down(self, timeout: float = STOP_GRACE_S) -> bool:
