@@ -38,3 +38,14 @@ def test_unknown_key_is_refused(tmp_path):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_tracking_off_reads_the_same_bare_or_quoted(tmp_path):
+    from mouthmap.train.tracking import is_off
+
+    for text in ("off", "'off'", "Off"):
+        p = tmp_path / "params.yaml"
+        p.write_text(f"train:\n  mlflow_uri: {text}\n")
+        assert is_off(load_params(p).train.mlflow_uri), text  # YAML reads bare `off` as false
+    p.write_text("train:\n  mlflow_uri: http://127.0.0.1:5000\n")
+    assert not is_off(load_params(p).train.mlflow_uri)

@@ -90,6 +90,11 @@ class TrainParams(_Section):
     mlflow_uri: str | None = None  # default: a local SQLite store under mlruns/; "off": none
     experiment: str = "mouthmap"
 
+    @field_validator("mlflow_uri", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class DistillParams(_Section):
     """Knowledge distillation into ``model`` (the student), trained with ``train``'s settings.
