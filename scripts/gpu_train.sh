@@ -12,10 +12,14 @@
 set -euo pipefail
 minutes=${1:?usage: gpu_train.sh MINUTES [section.key=value ...]}
 shift
-out=${OUT:-runs/gpu_out}
 start=$(date +%s)
+mkdir -p "${OUT:-runs/gpu_out}"
+out=$(cd "${OUT:-runs/gpu_out}" && pwd)  # absolute: the script moves to the repository root
 cd "$(dirname "$0")/.."
-mkdir -p "$out"
+if [ ! -f .gpu/grid.tar ]; then
+  echo "error: .gpu/grid.tar is missing: run scripts/gpu_bundle.sh first and carry .gpu" >&2
+  exit 1
+fi
 if ! python3 -c "import pydantic, jiwer" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu/whl/*.whl

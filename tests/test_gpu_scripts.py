@@ -65,3 +65,10 @@ def test_gpu_train_unpacks_probes_trains_within_its_budget_and_leaves_a_slim_che
         cwd=tmp_path, env={**env, "ALLOW_CPU": "0"}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert no_gpu.returncode != 0 and "PyTorch sees no GPU" in no_gpu.stderr
+    # nothing bundled: said at once
+    (tmp_path / ".gpu" / "grid.tar").unlink()
+    unbundled = subprocess.run(
+        ["bash", "scripts/gpu_train.sh", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unbundled.returncode != 0 and "run scripts/gpu_bundle.sh first" in unbundled.stderr
