@@ -150,6 +150,7 @@ def test_the_cli_packs_and_unpacks(prepared_sample: Path, tmp_path):
     got = runner.invoke(app, ["data", "pack", str(tmp_path / "p.tar"), "-p", str(src)])
     assert got.exit_code == 0, got.output
     assert "packed 20 clips" in got.output and "mean absolute pixel error" in got.output
+    assert "no validation report" in got.output  # the sample was never validated here
     got = runner.invoke(app, ["data", "unpack", str(tmp_path / "p.tar"), "-p", str(dst)])
     assert got.exit_code == 0, got.output
     assert "unpacked 20 clips" in got.output

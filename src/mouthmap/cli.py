@@ -147,11 +147,17 @@ def data_pack(
     from mouthmap.data.pack import PackError, pack
 
     params = _params(params_file)
-    prepared = params.path(params.data.prepared_dir)
+    prepared, quality = params.path(params.data.prepared_dir), params.path(params.validate_.metrics)
     n = _count_ok(prepared)
+    if n is not None and not quality.is_file():
+        typer.secho(
+            f"warning: no validation report at {quality} (run `mouthmap data validate`): "
+            "the pack quarantines no clip",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
     try:
         report = pack(
-            prepared, out, params.path(params.validate_.metrics), crf=crf, audio=audio,
+            prepared, out, quality, crf=crf, audio=audio,
             workers=workers, progress=lambda it: tqdm(it, total=n, desc="pack", unit="clip"),
         )  # fmt: skip
     except (PackError, FileNotFoundError) as e:
