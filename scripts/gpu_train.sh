@@ -41,7 +41,8 @@ PY
 # the run's parameter file: params.yaml, the GPU's DataLoader workers, then the overrides
 # (in the repository root: relative paths in a parameter file are read from where it lies)
 p=params.gpu.yaml
-python3 - "$p" "$@" <<'PY'
+write_params() {  # $p (and its copy in $out) from params.yaml and the overrides given
+  python3 - "$p" "$@" <<'PY'
 import sys
 import yaml
 raw = yaml.safe_load(open("params.yaml"))
@@ -54,7 +55,9 @@ for item in sys.argv[2:]:
     raw[section][field] = yaml.safe_load(value)
 yaml.safe_dump(raw, open(sys.argv[1], "w"), sort_keys=False)
 PY
-cp "$p" "$out/params.yaml"
+  cp "$p" "$out/params.yaml"
+}
+write_params "$@"
 python3 -m mouthmap data unpack .gpu/grid.tar -p "$p" -j 16 2>&1 | tail -1
 
 left() { echo "$(( minutes * 60 - ($(date +%s) - start) ))"; }
@@ -64,22 +67,14 @@ if [ "$epochs_given" = 0 ]; then
     tr '\r' '\n' < "$out/probe.log" | tail -30
     exit 1
   }
-  epochs=$(python3 - "$(left)" <<'PY'
+  read -r per_epoch epochs < <(python3 - "$(left)" <<'PY'
 import json, sys
-history = json.load(open("runs/gpu_probe/history.json"))
-per_epoch = history[-1]["epoch_seconds"]  # the second: past the first's warm-up
-print(max(1, int(0.9 * float(sys.argv[1]) / per_epoch)))
+per_epoch = json.load(open("runs/gpu_probe/history.json"))[-1]["epoch_seconds"]  # past warm-up
+print(f"{per_epoch:.2f}", max(1, int(0.9 * float(sys.argv[1]) / per_epoch)))
 PY
 )
-  echo "probe: $(python3 -c "import json;print(round(json.load(open('runs/gpu_probe/history.json'))[-1]['epoch_seconds'],2))") s/epoch; training $epochs epochs in $(left) s"
-  python3 - "$p" "$epochs" <<'PY'
-import sys
-import yaml
-raw = yaml.safe_load(open(sys.argv[1]))
-raw["train"]["epochs"] = int(sys.argv[2])
-yaml.safe_dump(raw, open(sys.argv[1], "w"), sort_keys=False)
-PY
-  cp "$p" "$out/params.yaml"
+  echo "probe: $per_epoch s/epoch; training $epochs epochs in $(left) s"
+  write_params "$@" "train.epochs=$epochs"
 fi
 budget=$(python3 -c "print(max(0.5, $(left) / 60))")
 python3 -m mouthmap train -p "$p" --out runs/gpu --max-minutes "$budget" > "$out/train.log" 2>&1 || {

@@ -38,13 +38,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_arrays(path: Path, **arrays: np.ndarray) -> None:
+def encode_arrays(**arrays: np.ndarray) -> bytes:
+    """The bytes of a compressed ``.npz`` holding ``arrays``."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
+def write_arrays(path: Path, **arrays: np.ndarray) -> None:
+    atomic_write_bytes(path, encode_arrays(**arrays))
+
+
+def read_arrays(path: Path | io.BytesIO) -> dict[str, np.ndarray]:
+    """A clip's arrays from its ``.npz`` (a path, or its bytes in a buffer)."""
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 

@@ -141,12 +141,10 @@ def pack(
         video = encode_roi(roi, crf)
         err = float(np.abs(decode_roi(video, row.id).astype(np.int16) - roi).mean())
         keep = {k: v for k, v in arrays.items() if k != "roi" and (audio or k != "mel")}
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **keep)
-        record = cache.read_record(prepared_dir / cache.CLIPS_DIR / f"{row.id}.json") or {}
+        record = cache.read_record(cache.clip_paths(prepared_dir, row.id)[1]) or {}
         if "row" in record:  # the record's copy of the manifest row, as packed
             record["row"].update(align=packed_align.get(row.id, ""), video=_file_name(row.video))
-        return row.id, video, buf.getvalue(), json.dumps(record).encode(), err
+        return row.id, video, cache.encode_arrays(**keep), json.dumps(record).encode(), err
 
     aligns = {}
     for row in df.itertuples():
@@ -279,16 +277,16 @@ def _build(
 
     def one(job: tuple[str, bytes, bytes, bytes]) -> str:
         cid, video, arrays, record = job  # decoding and compressing: the slow part, pooled
-        with np.load(io.BytesIO(arrays)) as z:
-            extra = {k: z[k] for k in z.files}
+        extra = cache.read_arrays(io.BytesIO(arrays))
         roi = decode_roi(video, f"{cid}.mp4")
         if len(roi) != frames[cid]:
             raise PackError(f"{cid}.mp4: {len(roi)} frames decoded, {frames[cid]} in the manifest")
-        cache.write_arrays(staging / cache.CLIPS_DIR / f"{cid}.npz", roi=roi, **extra)
+        npz, record_path = cache.clip_paths(staging, cid)
+        cache.write_arrays(npz, roi=roi, **extra)
         rec = json.loads(record)
         if "row" in rec:
             rec["row"]["align"] = _local_align(prepared_dir, rec["row"].get("align", ""))
-        cache.write_record(staging / cache.CLIPS_DIR / f"{cid}.json", rec)
+        cache.write_record(record_path, rec)
         return cid
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -257,6 +257,7 @@ def train(
         "params": json.loads(params.model_dump_json(by_alias=True)),
     }
     stopped_early, out_of_time, run_id, slowest = False, False, None, 0.0
+    limit = 60 * tp.max_minutes if tp.max_minutes else float("inf")  # seconds of wall time
     run_name = run_name or f"train-{params.model.name}"
     with tracking.run(tp.mlflow_uri, params.root, tp.experiment, run_name, dinfo.is_main) as mlrun:
         if mlrun is not None:
@@ -372,7 +373,6 @@ def train(
                         + f"({row['epoch_seconds']:.0f} s)"
                     )
             slowest = max(slowest, time.perf_counter() - t0)
-            limit = 60 * tp.max_minutes if tp.max_minutes else float("inf")
             late = dinfo.is_main and time.perf_counter() - t_start + slowest > limit
             out_of_time = distributed.broadcast_flag(late and epoch + 1 < tp.epochs, dinfo)
             stop = distributed.broadcast_flag(dinfo.is_main and bad_epochs >= tp.patience, dinfo)
