@@ -149,3 +149,51 @@ def test_prepare_gives_a_96px_roi_per_frame_of_a_real_clip(clips, mediapipe) -> 
     assert raw.found_ratio >= 0.98
     # lips are darker than the skin around them: the middle band beats the bottom band
     assert rois[:, 40:56, 24:72].mean() < rois[:, 80:, 24:72].mean()
+
+
+# -- what a user sees on the terminal ------------------------------------------------------
+
+_INTERPRETER_SCRIPT = """
+import sys, threading
+from mouthmap.data.mouth.mediapipe_lite import DETECTOR_FILE, _interpreter, model_path
+if sys.argv[1] == "busy":  # another thread alive, as in a server: fd 2 must stay untouched
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+_interpreter(model_path(DETECTOR_FILE), 1)
+print("still here", file=sys.stderr)
+"""
+
+
+def test_transcribe_prints_no_litert_info_line() -> None:
+    """LiteRT logs its XNNPACK delegate on fd 2 from C++; `mouthmap transcribe` hides it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SAMPLE
+
+    clip = SAMPLE / "s1/video/bbaf2n.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mouthmap", "transcribe", str(clip)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{clip}: ") and len(proc.stdout.split(": ")[1].split()) == 6
+    assert "XNNPACK" not in proc.stderr and "INFO" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("threads", ["alone", "busy"])
+def test_stderr_is_hidden_only_while_no_other_thread_could_write(threads: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_SCRIPT, threads],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.endswith("still here\n")  # fd 2 restored afterwards
+    assert ("XNNPACK" in proc.stderr) == (threads == "busy")

@@ -15,7 +15,12 @@ therefore own the small pre/post-processing MediaPipe's graphs would do:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,11 +56,35 @@ def model_path(name: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration, when it is safe to.
+
+    LiteRT's C++ logger announces "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
+    fd 2 whenever an interpreter is set up, and has no Python switch or environment variable
+    to turn it off, so every ``mouthmap transcribe`` printed it. Hiding fd 2 would also hide
+    whatever another thread wrote meanwhile (a server's log), so it is done only while this is
+    the process's only Python thread; otherwise the line stays."""
+    if threading.active_count() > 1:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _interpreter(path: Path, num_threads: int):  # -> Interpreter, imported lazily
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path), num_threads=num_threads)
-    interp.allocate_tensors()
+    with _native_stderr_hidden():  # errors still reach the caller as exceptions
+        interp = Interpreter(model_path=str(path), num_threads=num_threads)
+        interp.allocate_tensors()
     return interp
 
 
