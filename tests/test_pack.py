@@ -151,9 +151,13 @@ def test_the_cli_packs_and_unpacks(prepared_sample: Path, tmp_path):
     assert got.exit_code == 0, got.output
     assert "packed 20 clips" in got.output and "mean absolute pixel error" in got.output
     assert "no validation report" in got.output  # the sample was never validated here
+    stale = tmp_path / "b" / "reports" / "dq.json"  # validate.metrics in write_params
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"quarantined": ["s1_of_another_cache"]}))
     got = runner.invoke(app, ["data", "unpack", str(tmp_path / "p.tar"), "-p", str(dst)])
     assert got.exit_code == 0, got.output
     assert "unpacked 20 clips" in got.output
+    assert not stale.exists() and "run `mouthmap data validate`" in got.output
     assert len(read_manifest(tmp_path / "b" / "prepared")) == 20
     got = runner.invoke(app, ["data", "unpack", str(tmp_path / "nope.tar"), "-p", str(dst)])
     assert got.exit_code == 2 and "no such file" in got.output

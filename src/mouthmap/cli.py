@@ -189,6 +189,12 @@ def data_unpack(
     except PackError as e:
         _fail(str(e))
     typer.echo(f"unpacked {report.clips} clips into {prepared} in {report.seconds:.0f} s")
+    if report.removed_report is not None:
+        typer.secho(
+            f"the pack carries no validation report: removed {report.removed_report}, which"
+            " described the replaced cache; run `mouthmap data validate` before training",
+            fg="yellow",
+        )
 
 
 def _count_ok(prepared: Path) -> int | None:

@@ -56,6 +56,7 @@ class PackReport:
     bytes: int
     seconds: float
     mean_abs_error: float | None = None  # grey levels, over every packed frame (pack only)
+    removed_report: Path | None = None  # unpack: a validation report of the replaced cache
 
     @property
     def mb(self) -> float:
@@ -204,8 +205,10 @@ def unpack(
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> PackReport:
     """Rebuild a prepared cache at ``prepared_dir`` from a pack (replacing what is there), and
-    the validation report at ``quality_file`` when the pack carries one. The cache is built
-    beside the target and moved in place only when complete: a bad pack changes nothing."""
+    the validation report at ``quality_file`` when the pack carries one; when it carries none,
+    a report already at ``quality_file`` described the replaced cache and is removed, so no
+    stale quarantine list applies to the new clips. The cache is built beside the target and
+    moved in place only when complete: a bad pack changes nothing."""
     t0 = time.perf_counter()
     if not pack_path.is_file():
         raise PackError(f"{pack_path}: no such file")
@@ -222,9 +225,14 @@ def unpack(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if quality is not None and quality_file is not None:
-        cache.atomic_write_bytes(quality_file, quality)
-    return PackReport(n, pack_path.stat().st_size, time.perf_counter() - t0)
+    removed = None
+    if quality_file is not None:
+        if quality is not None:
+            cache.atomic_write_bytes(quality_file, quality)
+        elif quality_file.is_file():
+            quality_file.unlink()
+            removed = quality_file
+    return PackReport(n, pack_path.stat().st_size, time.perf_counter() - t0, removed_report=removed)
 
 
 class _Reader:
