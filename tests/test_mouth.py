@@ -158,6 +158,12 @@ import sys, threading
 from mouthmap.data.mouth.mediapipe_lite import DETECTOR_FILE, _interpreter, model_path
 if sys.argv[1] == "busy":  # another thread alive, as in a server: fd 2 must stay untouched
     threading.Thread(target=threading.Event().wait, daemon=True).start()
+if sys.argv[1] == "closed":  # a daemon without fd 2 must still get its interpreter
+    import os
+    os.close(2)
+    _interpreter(model_path(DETECTOR_FILE), 1)
+    print("still here")
+    sys.exit(0)
 _interpreter(model_path(DETECTOR_FILE), 1)
 print("still here", file=sys.stderr)
 """
@@ -183,7 +189,7 @@ def test_transcribe_prints_no_litert_info_line() -> None:
     assert "XNNPACK" not in proc.stderr and "INFO" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("threads", ["alone", "busy"])
+@pytest.mark.parametrize("threads", ["alone", "busy", "closed"])
 def test_stderr_is_hidden_only_while_no_other_thread_could_write(threads: str) -> None:
     import subprocess
     import sys
@@ -195,5 +201,8 @@ def test_stderr_is_hidden_only_while_no_other_thread_could_write(threads: str) -
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+    if threads == "closed":
+        assert proc.stdout == "still here\n"
+        return
     assert proc.stderr.endswith("still here\n")  # fd 2 restored afterwards
     assert ("XNNPACK" in proc.stderr) == (threads == "busy")

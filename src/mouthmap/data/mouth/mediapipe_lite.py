@@ -65,11 +65,15 @@ def _native_stderr_hidden() -> Iterator[None]:
     to turn it off, so every ``mouthmap transcribe`` printed it. Hiding fd 2 would also hide
     whatever another thread wrote meanwhile (a server's log), so it is done only while this is
     the process's only Python thread; otherwise the line stays."""
-    if threading.active_count() > 1:
+    try:
+        saved = os.dup(2) if threading.active_count() == 1 else None
+    except OSError:  # no fd 2 at all (a daemon): nothing to hide
+        saved = None
+    if saved is None:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
