@@ -4,16 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-down test lint format clean
+LOCK   := requirements/lock.txt requirements/torch-cpu.txt
+# TORCH=cu128 (a CUDA variant of PyTorch's index) installs a CUDA build instead: see the README
+TORCH  ?= cpu
 
-$(STAMP): pyproject.toml
+.PHONY: install lock upgrade demo demo-down test lint format clean
+
+# exactly the locked files (hash-checked, no resolving): scripts/deps.py
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(PYTHON) scripts/deps.py install $(BIN)/python --torch $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock: $(STAMP)  # re-resolve after editing pyproject.toml's dependencies (keeps other pins)
+	$(BIN)/python scripts/deps.py lock
+
+upgrade: $(STAMP)  # newest allowed versions; kept only if `make test` passes on them
+	$(BIN)/python scripts/deps.py upgrade
 
 # stack (S3, MLflow, Triton) + quick pipeline + gate/registry + serve + gRPC streams + dashboard
 demo: $(STAMP)
@@ -23,6 +33,7 @@ demo-down:  # stop the dashboard and the whole local stack that `make demo` star
 	@if [ -x $(BIN)/mouthmap ]; then $(BIN)/mouthmap demo down; else echo "nothing was installed"; fi
 
 test: $(STAMP)
+	$(BIN)/python scripts/deps.py check  # the lock agrees with pyproject.toml
 	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)
 	$(BIN)/ruff check src tests components pipelines dashboard
 	$(BIN)/python -m pytest -q --timeout=900 --durations=15  # the slowest, to keep CI short
