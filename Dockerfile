@@ -18,6 +18,7 @@ FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     MOUTHMAP_HOME=/app
 # libgomp1: torch/onnxruntime OpenMP; git: the lineage tag (commit) of packages
 RUN apt-get update \
@@ -34,10 +35,12 @@ FROM base AS pipeline
 ARG DEVICE=cpu
 ARG TORCH_CUDA=cu128
 COPY pyproject.toml README.md ./
+COPY requirements requirements
+COPY scripts/deps.py scripts/deps.py
 COPY docker/install.sh docker/install.sh
 COPY src src
 RUN if [ "$DEVICE" = cuda ]; then flavour="$TORCH_CUDA"; else flavour=cpu; fi \
-    && TORCH_INDEX_URL="https://download.pytorch.org/whl/$flavour" bash docker/install.sh pipeline
+    && TORCH="$flavour" bash docker/install.sh pipeline
 COPY params.yaml dvc.yaml ./
 COPY data/sample data/sample
 COPY data/splits data/splits
@@ -52,9 +55,11 @@ CMD ["--help"]
 # --- proxy: browsers' WebSocket in front of Triton's gRPC stream -----------------------------
 FROM base AS proxy
 COPY pyproject.toml README.md ./
+COPY requirements requirements
+COPY scripts/deps.py scripts/deps.py
 COPY docker/install.sh docker/install.sh
 COPY src src
-RUN TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" bash docker/install.sh proxy
+RUN bash docker/install.sh proxy
 USER 10001
 EXPOSE 8080
 ENTRYPOINT ["mouthmap", "proxy"]
@@ -66,6 +71,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     MOUTHMAP_HOME=/app \
     VIRTUAL_ENV=/opt/mouthmap \
     PATH=/opt/mouthmap/bin:/opt/tritonserver/bin:$PATH \
@@ -82,10 +88,12 @@ RUN apt-get update \
     && python3.11 -m venv /opt/mouthmap
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements requirements
+COPY scripts/deps.py scripts/deps.py
 COPY docker/install.sh docker/triton-entrypoint.sh docker/
 COPY src src
-RUN PYTHON=/opt/mouthmap/bin/python TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" \
-    TRITON_BACKENDS_DIR=/opt/tritonserver/backends bash docker/install.sh triton
+RUN PYTHON=/opt/mouthmap/bin/python TRITON_BACKENDS_DIR=/opt/tritonserver/backends \
+    bash docker/install.sh triton
 COPY params.yaml ./
 COPY mlops mlops
 EXPOSE 8000 8001 8002

@@ -7,34 +7,20 @@
 #   docker/install.sh proxy      # the WebSocket proxy (mouthmap proxy)
 #   docker/install.sh triton     # the project's Triton backends and their dependencies
 #
-# Environment: PYTHON (default: python3), TORCH_INDEX_URL (the PyTorch wheel index of the
-# device: .../whl/cpu or .../whl/cu128; empty: the configured pip index), PIP_EXTRA_ARGS.
+# Environment: PYTHON (default: python3), TORCH (cpu, the locked CPU build, or a CUDA variant
+# of PyTorch's index such as cu128), DEPS_INSTALLER (uv, the default, or pip).
+# Everything comes from the lock (requirements/, hash-checked, no resolving: scripts/deps.py).
 set -euo pipefail
 target="${1:?usage: docker/install.sh pipeline|proxy|triton}"
 python="${PYTHON:-python3}"
-torch_pin="torch==2.13.0"   # keep in step with pyproject.toml
 cd "$(dirname "$0")/.."
-
-pip_install() {
-  # shellcheck disable=SC2086  # PIP_EXTRA_ARGS is a list of flags
-  "$python" -m pip install --no-cache-dir --disable-pip-version-check ${PIP_EXTRA_ARGS:-} "$@"
-}
-
-install_torch() {
-  # torch first, from the device's index: PyPI's default Linux wheel is the CUDA build
-  if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-    pip_install --index-url "$TORCH_INDEX_URL" "$torch_pin"
-  else
-    pip_install "$torch_pin"
-  fi
-}
 
 case "$target" in
   pipeline|proxy|triton)
-    install_torch
     # editable: the steps find params.yaml, mlops/ and data/ beside the sources; the three
-    # images install the same package (one dependency set) and differ in base and entry
-    pip_install -e .
+    # images install the same locked set (one dependency set) and differ in base and entry.
+    # --no-sync: nothing the environment already holds is removed
+    "$python" scripts/deps.py install "$python" --torch "${TORCH:-cpu}" --no-sync
     ;;
   *)
     echo "unknown target $target: use pipeline, proxy or triton" >&2
@@ -47,5 +33,4 @@ if [[ "$target" == triton && -n "${TRITON_BACKENDS_DIR:-}" ]]; then
   stub="$("$python" -c 'import pytriton, pathlib; print(pathlib.Path(pytriton.__file__).parent / "tritonserver/python_backend_stubs/3.11/triton_python_backend_stub")')"
   install -D -m 0755 "$stub" "$TRITON_BACKENDS_DIR/python/triton_python_backend_stub"
 fi
-"$python" -m pip check
 "$python" -c "import mouthmap, onnxruntime; print('mouthmap', mouthmap.__version__, 'ready for', '$target')"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The locked dependency set: resolve it, install it, check it, upgrade it.
 
-    python scripts/deps.py install PYTHON   install the lock into PYTHON's environment (make install)
-    python scripts/deps.py check            the lock still agrees with pyproject.toml (CI)
-    python scripts/deps.py lock             re-resolve pyproject.toml into requirements/ (make lock)
-    python scripts/deps.py upgrade          newest versions allowed, installed and tested; the new
-                                            lock is kept only when `make test` passes (make upgrade)
+    python scripts/deps.py install PYTHON  the lock into PYTHON's environment (make install)
+    python scripts/deps.py check           the lock still agrees with pyproject.toml (CI)
+    python scripts/deps.py lock            re-resolve pyproject.toml into requirements/ (make lock)
+    python scripts/deps.py upgrade         newest versions allowed, installed and tested; the new
+                                           lock is kept only when `make test` passes (make upgrade)
 
 The lock is two pip requirement files with a SHA-256 for every file pip may fetch:
 ``requirements/lock.txt`` (everything from PyPI) and ``requirements/torch-cpu.txt`` (the CPU
@@ -172,6 +172,8 @@ def _run(cmd: list[str]) -> None:
 
 def _bootstrap_uv(python: str) -> str | None:
     """uv from the lock (its own hash-checked wheel, installed by pip), or None to use pip."""
+    if os.environ.get("DEPS_INSTALLER", "uv") == "pip":
+        return None
     uv = Path(python).parent / "uv"
     version, hashes = parse_lock(LOCK).get("uv", (None, []))
     if version is None:
@@ -292,7 +294,8 @@ def lock(upgrade: bool = False, out_dir: Path | None = None) -> tuple[Path, Path
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
             raise DepsError("uv could not resolve the dependencies:\n" + proc.stderr.strip())
-        text = full.read_text().replace(f"-c {constraint}", "scripts/deps.py (CPU torch, CONSTRAINTS)")
+        where = "scripts/deps.py (CPU torch, CONSTRAINTS)"
+        text = full.read_text().replace(f"-c {constraint}", where)
         main, torch = _split_torch(text)
     header = (
         f"{DIGEST_LINE}{inputs_digest()}\n"
@@ -324,7 +327,7 @@ def upgrade(python: str) -> None:
     old = parse_lock(LOCK) | parse_lock(TORCH_LOCK)
     lock(upgrade=True)
     new = parse_lock(LOCK) | parse_lock(TORCH_LOCK)
-    changed = sorted(n for n in new.keys() | old.keys() if old.get(n, ("",))[0] != new.get(n, ("",))[0])
+    changed = sorted(n for n in new.keys() | old.keys() if old.get(n) != new.get(n))
     if not changed:
         print("nothing to upgrade: every pin is already the newest allowed")
         return
@@ -350,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("install", help="install the lock into PYTHON's environment")
     p.add_argument("python")
-    p.add_argument("--torch", default=os.environ.get("TORCH", "cpu"),
-                   help="cpu (locked) or a CUDA variant of PyTorch's index, e.g. cu128")  # fmt: skip
+    p.add_argument(
+        "--torch", default=os.environ.get("TORCH", "cpu"),
+        help="cpu (locked) or a CUDA variant of PyTorch's index, e.g. cu128",
+    )  # fmt: skip
     p.add_argument("--no-editable", action="store_true", help="install the project as a copy")
     p.add_argument("--no-sync", action="store_true", help="keep packages the lock does not hold")
     sub.add_parser("check", help="the lock agrees with pyproject.toml")

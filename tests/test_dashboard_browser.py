@@ -49,20 +49,46 @@ def reports(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tiny_package, reports, tmp_path_factory):
+def registry(tmp_path_factory):
+    """A real MLflow registry (the local stack) holding two versions: the released package as
+    champion, gated on a 3-clip set, and the tiny package as challenger, not yet gated."""
+    from _stack_fixtures import free_port
+    from mouthmap.package import DEFAULT_PACKAGE
+    from mouthmap.registry import Measurement, Registry
+    from mouthmap.stack import stack_down, stack_up
+
+    state = tmp_path_factory.mktemp("registry-stack")
+    try:
+        info = stack_up(state, s3_port=free_port(), mlflow_port=free_port(), timeout=300)
+        reg = Registry(info.mlflow_uri)
+        champion = reg.register(DEFAULT_PACKAGE, pipeline_run_id="released")
+        reg.record_measurement(
+            champion.version,
+            Measurement(wer=1 / 9, cer=0.05, clips=3, latency_ms=21.0, size_mb=1.39),
+        )
+        reg.promote(champion.version, force=True)
+        yield info.mlflow_uri
+    finally:
+        stack_down(state)
+
+
+@pytest.fixture(scope="module")
+def dashboard(tiny_package, reports, registry, tmp_path_factory):
     from _stack_fixtures import free_port
     from mouthmap.dashboard.launch import start, wait_ready
     from mouthmap.dashboard.settings import Settings
+    from mouthmap.registry import Registry
 
+    Registry(registry).register(tiny_package, pipeline_run_id="quick")  # the challenger
     port = free_port()
     settings = Settings(
         model=Path(tiny_package), checkpoint=None, decoder="beam",
         samples=ROOT / "data" / "sample" / "s1", reports=reports, triton="127.0.0.1:1",
-        mlflow=None, threads=1, live_fps=0,
+        mlflow=registry, threads=1, live_fps=0,
     )  # fmt: skip
     log_path = tmp_path_factory.mktemp("dashboard") / "streamlit.log"
     env_before = dict(os.environ)
-    os.environ["MOUTHMAP_STACK_DIR"] = str(log_path.parent / "no-stack")  # no registry here
+    os.environ["MOUTHMAP_STACK_DIR"] = str(log_path.parent / "no-stack")  # only `registry`
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ["MOUTHMAP_DASHBOARD_WEBCAM_AUTO"] = "1"
     with open(log_path, "w") as log:
@@ -109,9 +135,21 @@ def _page(browser):
     return page, errors
 
 
+EXCEPTION = '[data-testid="stException"]'
+
+
 def _no_exception(page) -> None:
-    shown = page.locator('[data-testid="stException"]')
+    shown = page.locator(EXCEPTION)
     assert shown.count() == 0, shown.first.inner_text()
+
+
+def _wait_for(page, selector: str, timeout: float = SLOW):
+    """The element, or a failure at once with the text of the exception Streamlit shows
+    instead (a page that raised never draws what the test waits for)."""
+    found = page.wait_for_selector(f"{selector}, {EXCEPTION}", timeout=timeout)
+    if page.locator(EXCEPTION).count():
+        pytest.fail("the page shows an exception:\n" + page.locator(EXCEPTION).first.inner_text())
+    return found
 
 
 def _idle(page, timeout: float = SLOW) -> None:
@@ -127,11 +165,11 @@ def test_a_sample_clip_is_read_live_and_its_saliency_rendered(dashboard, browser
 
     page, errors = _page(browser)
     page.goto(dashboard + "/")
-    page.wait_for_selector(".st-key-final-transcript h3", timeout=SLOW)
+    _wait_for(page, ".st-key-final-transcript h3")
     text = page.inner_text(".st-key-final-transcript").strip()
     expected = Transcriber(tiny_package, threads=1).transcribe(sample_clip("bbaf2n")[0]).text
     assert text == expected
-    img = page.wait_for_selector(".st-key-saliency img", timeout=SLOW)
+    img = _wait_for(page, ".st-key-saliency img")
     page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img,
                            timeout=30_000)  # fmt: skip
     assert img.evaluate("(img) => img.naturalWidth") == 192  # the 96x96 ROI at twice the size
@@ -150,13 +188,13 @@ def test_bad_uploads_are_explained_and_the_app_keeps_working(dashboard, browser,
 
     page, errors = _page(browser)
     page.goto(dashboard + "/")
-    page.wait_for_selector(".st-key-final-transcript h3", timeout=SLOW)
+    _wait_for(page, ".st-key-final-transcript h3")
     page.get_by_text("Upload a video").click()
     upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
     notes = tmp_path / "notes.mp4"
     notes.write_text("not a video at all\n")
     upload.set_input_files(str(notes))
-    err = page.wait_for_selector(".st-key-clip-error", timeout=SLOW)
+    err = _wait_for(page, ".st-key-clip-error")
     assert "not a video MouthMap can read" in err.inner_text()
     page.screenshot(path=str(SHOTS / "upload_not_a_video.png"))
     upload.set_input_files(str(noise_video(tmp_path / "noise.mp4")))
@@ -166,7 +204,7 @@ def test_bad_uploads_are_explained_and_the_app_keeps_working(dashboard, browser,
     )
     page.screenshot(path=str(SHOTS / "upload_no_face.png"))
     page.get_by_text("Sample clip").click()  # the app still works
-    page.wait_for_selector(".st-key-final-transcript h3", timeout=SLOW)
+    _wait_for(page, ".st-key-final-transcript h3")
     _idle(page)
     _no_exception(page)
     assert errors == []
@@ -177,7 +215,7 @@ def test_the_webcam_clip_is_read(dashboard, browser):
     page, errors = _page(browser)
     page.goto(dashboard + "/")
     page.get_by_text("Webcam").click()
-    page.wait_for_selector(".st-key-final-transcript h3", timeout=SLOW)  # fake camera, 3 s
+    _wait_for(page, ".st-key-final-transcript h3")  # fake camera, 3 s
     assert page.inner_text(".st-key-final-transcript").strip()
     caption = page.get_by_text("mouth found in").first.inner_text()
     frames = int(caption.split(" frames,")[0])
@@ -190,22 +228,24 @@ def test_the_webcam_clip_is_read(dashboard, browser):
 
 
 @pytest.mark.parametrize(
-    ("path", "marker", "text"),
+    ("path", "marker"),
     [
-        ("registry", ".st-key-registry-empty", "no registry configured"),
-        ("benchmarks", ".st-key-bench-table [data-testid='stDataFrame']", None),
-        ("drift", ".st-key-drift-report iframe", None),
+        ("registry", ".st-key-registry-table [data-testid='stDataFrame']"),
+        ("benchmarks", ".st-key-bench-table [data-testid='stDataFrame']"),
+        ("drift", ".st-key-drift-report iframe"),
     ],
 )
-def test_every_other_page_loads_without_errors(dashboard, browser, path, marker, text):
+def test_every_other_page_loads_without_errors(dashboard, browser, path, marker):
     page, errors = _page(browser)
     page.goto(f"{dashboard}/{path}")
-    el = page.wait_for_selector(marker, timeout=60_000)
+    el = _wait_for(page, marker, timeout=60_000)
     _idle(page, 60_000)
-    if text:
-        page.wait_for_function(
-            f"document.querySelector('{marker}').innerText.includes({text!r})", timeout=30_000
-        )
+    if path == "registry":  # each WER says which set of clips it is on
+        champion = page.inner_text(".st-key-registry-champion")
+        assert "11.11%" in champion and "gate WER on 3 test clips, beam" in champion
+        assert "6.45%" in champion and "model card WER on 93 test clips, beam" in champion
+        challenger = page.inner_text(".st-key-registry-challenger")
+        assert "not gated" in challenger and "no gate run yet" in challenger
     if path == "benchmarks":  # the table is drawn on a canvas; the caption is text
         assert page.get_by_text("test cpu (2 cores)").count() == 1
         img = page.wait_for_selector(".st-key-bench-plot img")

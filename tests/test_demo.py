@@ -19,7 +19,7 @@ from mouthmap.data import splits
 from mouthmap.stack.services import port_open
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["stack", "baseline", "pipeline", "gate", "serve", "stream", "dashboard"]
+STEPS = ["stack", "baseline", "pipeline", "gate", "serve", "stream", "drift", "dashboard"]
 
 
 def _health(url: str) -> int:
@@ -40,7 +40,7 @@ def test_demo_serves_the_baseline_champion_streams_test_clips_and_demo_down_stop
     sd = tmp_path / "stack"
     opts = demo.DemoOptions(
         state_dir=sd, baseline=tiny_package, pipeline=False, corpus=SAMPLE, clips=2,
-        s3_port=0, mlflow_port=0, triton_port=0, dashboard_port=0,
+        s3_port=0, mlflow_port=0, triton_port=0, dashboard_port=0, reports=tmp_path / "reports",
     )  # fmt: skip
     lines: list[str] = []
     try:
@@ -63,11 +63,22 @@ def test_demo_serves_the_baseline_champion_streams_test_clips_and_demo_down_stop
         assert sum("(truth: " in line for line in lines) == 2
         assert first.wer is not None and any("WER" in line for line in lines)
 
+        # Triton recorded each stream's features, and the demo checked them for drift: the
+        # Drift page has a report to show after a first demo
+        from mouthmap.monitor.sink import load_window
+
+        recorded = load_window(sd / "drift-requests")
+        assert len(recorded) == 2 and {"brightness", "confidence"} <= set(recorded.columns)
+        assert first.drift_report == tmp_path / "reports" / "drift" / "report.html"
+        assert "drift" in first.drift_report.read_text().lower()
+        assert first.drifted is not None and any("requests vs" in line for line in lines)
+
         # the dashboard answers, pointed at that Triton and MLflow
         assert _health(first.dashboard_url) == 200
         env = ManagedProcess("dashboard", sd).read_meta()["env"]
         assert env["MOUTHMAP_TRITON_URL"] == first.triton_grpc
         assert env["MLFLOW_TRACKING_URI"] == first.mlflow_uri
+        assert env["MOUTHMAP_DASHBOARD_REPORTS"] == str(tmp_path / "reports")
         assert "total" in first.table() and first.seconds > 0
 
         # again: everything is reused, nothing doubled

@@ -3,7 +3,6 @@
 import time
 
 import streamlit as st
-import streamlit.components.v1 as components
 from views._common import settings
 
 from mouthmap.dashboard.reports import load_drift
@@ -29,7 +28,7 @@ if d.evaluation:
     with st.expander("Monitor evaluation (`mouthmap drift evaluate`)"):
         st.json(d.evaluation, expanded=False)
 with st.container(key="drift-report"):
-    components.html(d.html, height=900, scrolling=True)
+    st.iframe(d.html, height=900)  # Evidently's report runs its own scripts: an iframe
 if d.others:
     st.caption("older reports: " + ", ".join(str(p) for p in d.others[:10]))
 st.caption("What to do when it drifts: docs/runbook.md#drift-response")

@@ -42,10 +42,22 @@ for col, (label, ver) in zip(
         st.subheader(f"{label}: v{ver}" if ver else f"{label}: none")
         row = by_version.get(int(ver)) if ver else None
         if row:
-            a, b, c = st.columns(3)
-            a.metric("test WER", f"{row['WER %']}%" if row["WER %"] is not None else "not gated")
-            b.metric("latency / clip", f"{row['latency ms']} ms" if row["latency ms"] else "–")
-            c.metric("model.onnx", f"{row['size MB']} MB" if row["size MB"] else "–")
+            a, b, c, d = st.columns(4)
+            a.metric(
+                "gate WER", f"{row['WER %']}%" if row["WER %"] is not None else "not gated",
+                help="measured by the gate (mlops/gate.yaml) on its own set of clips",
+            )  # fmt: skip
+            b.metric(
+                "model card WER",
+                f"{row['card WER %']}%" if row["card WER %"] is not None else "–",
+                help="the package's own evaluation (its README / model card)",
+            )
+            c.metric("latency / clip", f"{row['latency ms']} ms" if row["latency ms"] else "–")
+            d.metric("model.onnx", f"{row['size MB']} MB" if row["size MB"] else "–")
+            st.caption(
+                f"gate WER on {row['gate set'] or 'no gate run yet'} · model card WER on "
+                f"{row['card set'] or 'no evaluation in the package'}"
+            )
             st.caption(
                 f"commit {row['git commit'] or '–'} · pipeline run "
                 f"{row['pipeline run'] or '–'} · registered {row['registered']}"
@@ -53,7 +65,12 @@ for col, (label, ver) in zip(
 
 st.subheader("All versions")
 df = pd.DataFrame(v.rows)
-st.dataframe(df, hide_index=True, width="stretch")
+with st.container(key="registry-table"):
+    st.dataframe(df, hide_index=True, width="stretch")
+st.caption(
+    "WER % and CER % are the gate's (on the clips in 'gate set'); card WER % is the package's "
+    "own evaluation (on the clips in 'card set'). The two sets differ, so do the figures."
+)
 gated = df.dropna(subset=["WER %"])
 if len(gated):
     st.subheader("Gate figures per version")

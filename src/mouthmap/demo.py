@@ -15,7 +15,10 @@ itself):
                  only when it serves another package);
 6. ``stream``    held-out test clips streamed over gRPC (:func:`mouthmap.serving.client.
                  stream_frames`), each transcript beside the truth, and the WER;
-7. ``dashboard`` Streamlit in the background, pointed at that Triton and MLflow.
+7. ``drift``     the features Triton recorded of those streams (its drift sink) checked
+                 against a reference of training clips (:func:`mouthmap.monitor.drift.
+                 check_drift`): the report the dashboard's Drift page shows;
+8. ``dashboard`` Streamlit in the background, pointed at that Triton and MLflow.
 
 Re-running reuses what runs. :func:`demo_down` stops the dashboard and the stack.
 """
@@ -23,6 +26,7 @@ Re-running reuses what runs. :func:`demo_down` stops the dashboard and the stack
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +40,7 @@ from mouthmap.pipeline.params import repo_root
 DEMO_DIR = "demo"  # under the stack's state dir: pipeline.log, the champion's package
 SHARED_CORPUS = Path("..") / "shared" / "data" / "grid"  # beside the checkout, when present
 BASELINE_TAG = "demo.baseline"
+REFERENCE_CLIPS = 30  # training clips in the demo's drift reference (about 0.4 s each, once)
 MAX_MESSAGE = 1500  # characters of a failed step's error shown; the log has the rest
 
 
@@ -70,6 +75,7 @@ class DemoOptions:
     triton_port: int = 8001  # gRPC; HTTP one below, metrics one above
     dashboard: bool = True
     dashboard_port: int = 8501  # taken by another process: a free one
+    reports: Path | None = None  # the drift report goes here; default: the dashboard's
 
 
 @dataclass
@@ -104,6 +110,9 @@ class DemoResult:
     pipeline_log: Path | None = None
     pipeline_root: Path | None = None  # kfp.local's artifacts of all runs
     pipeline_started: float | None = None  # time.time() when this run began
+    stream_started: float | None = None  # time.time() when the first clip was streamed
+    drift_report: Path | None = None  # the Evidently HTML of this run's requests
+    drifted: bool | None = None
 
     @property
     def seconds(self) -> float:
@@ -166,19 +175,19 @@ def _run(opts: DemoOptions, echo: Echo, result: DemoResult) -> None:
     work.mkdir(parents=True, exist_ok=True)
     params = load_params(opts.params_file or repo_root() / DEFAULT_PARAMS)
 
-    echo("1/7 stack: S3 + MLflow on loopback")
+    echo("1/8 stack: S3 + MLflow on loopback")
     with _step(result, "stack", sd / "*.log") as step:
         info = stack_up(sd, s3_port=opts.s3_port, mlflow_port=opts.mlflow_port)
         result.mlflow_uri = info.mlflow_uri
         step.note = f"MLflow {info.mlflow_uri}" + (" (reused)" if info.reused else "")
         echo(f"  S3 {info.endpoint_url}, MLflow {info.mlflow_uri} (state {sd})")
 
-    echo("2/7 baseline: the released model as champion when the registry has none")
+    echo("2/8 baseline: the released model as champion when the registry has none")
     with _step(result, "baseline", sd / "mlflow.log") as step:
         reg = Registry(result.mlflow_uri)
         step.note = _ensure_baseline(reg, opts.baseline, echo)
 
-    echo(f"3/7 pipeline: Kubeflow training pipeline, {opts.profile} profile, kfp.local")
+    echo(f"3/8 pipeline: Kubeflow training pipeline, {opts.profile} profile, kfp.local")
     log = work / "pipeline.log"
     with _step(result, "pipeline", log) as step:
         if not opts.pipeline:
@@ -188,19 +197,23 @@ def _run(opts: DemoOptions, echo: Echo, result: DemoResult) -> None:
             result.pipeline_log = log
             step.note = _pipeline(opts, result, log, echo)
 
-    echo("4/7 gate: the pipeline's model against the champion")
+    echo("4/8 gate: the pipeline's model against the champion")
     with _step(result, "gate", log if opts.pipeline else None) as step:
         step.note = _gate_outcome(reg, result, ran=opts.pipeline, echo=echo)
 
-    echo("5/7 serve: the champion on Triton")
+    echo("5/8 serve: the champion on Triton")
     with _step(result, "serve", sd / "triton.log") as step:
         step.note = _serve(reg, sd, opts, result, echo)
 
-    echo(f"6/7 stream: held-out test clips through Triton over gRPC ({opts.clips})")
+    echo(f"6/8 stream: held-out test clips through Triton over gRPC ({opts.clips})")
     with _step(result, "stream", sd / "triton.log") as step:
         step.note = _stream(params, opts, result, echo)
 
-    echo("7/7 dashboard")
+    echo("7/8 drift: the streamed requests against a reference of training clips")
+    with _step(result, "drift", sd / "triton.log") as step:
+        step.note = _drift(params, opts, result, sd, echo)
+
+    echo("8/8 dashboard")
     with _step(result, "dashboard", sd / "dashboard.log") as step:
         if not opts.dashboard:
             step.status, step.note = "skipped", "--no-dashboard"
@@ -348,6 +361,7 @@ def _serve(reg, sd: Path, opts: DemoOptions, result: DemoResult, echo: Echo) -> 
     from mouthmap.serving.repository import read_manifest
     from mouthmap.serving.server import TritonServer
     from mouthmap.stack import stack_up
+    from mouthmap.stack.triton import TritonService
 
     version, package = _champion_package(reg, sd, echo)
     result.champion, result.champion_package = version, package
@@ -359,6 +373,10 @@ def _serve(reg, sd: Path, opts: DemoOptions, result: DemoResult, echo: Echo) -> 
             served = None
         if served != str(package.resolve()):
             echo(f"  Triton serves {served}; restarting it with the champion")
+            TritonServer(sd).down()
+            running = None
+        elif TritonService(sd).recording_to() is None:  # started before it had a drift sink
+            echo("  Triton records no request features; restarting it with a drift sink")
             TritonServer(sd).down()
             running = None
     info = stack_up(
@@ -395,6 +413,7 @@ def _stream(params, opts: DemoOptions, result: DemoResult, echo: Echo) -> str:
         raise DemoError("stream", f"no held-out test clips in {root}")
     echo(f"  {len(clips)} test-split clips of {root}")
     prepare = server_prepare(url)
+    result.stream_started = time.time()
     for clip in clips:
         truth = corpus_mod.transcript(corpus_mod.read_align(clip.align))
         reading = StreamReading(clip.id, truth, None)
@@ -425,6 +444,75 @@ def _stream(params, opts: DemoOptions, result: DemoResult, echo: Echo) -> str:
     return note
 
 
+def _reports(opts: DemoOptions) -> Path:
+    from mouthmap.dashboard.settings import Settings
+
+    return Path(opts.reports) if opts.reports else Settings.from_env({}).reports
+
+
+def _reference(params, opts: DemoOptions, result: DemoResult, sd: Path, echo: Echo) -> Path:
+    """Request features of training-split clips read by the champion, the way the server
+    records them: built once per champion package, then reused."""
+    import pandas as pd
+
+    from mouthmap import stages
+    from mouthmap.monitor import evaluate
+
+    package = result.champion_package
+    path = sd / DEMO_DIR / f"reference-{package.name}.csv"
+    if path.is_file():
+        return path
+    root = held_out_corpus(params, opts.corpus)
+    clips = stages.held_out_clips(params, root, splits=("train",), limit=REFERENCE_CLIPS)
+    if len(clips) < 2:
+        raise DemoError("drift", f"{root} has {len(clips)} training clips; the reference needs 2")
+    echo(f"  reference: {len(clips)} training clips of {root} read by the champion (once)")
+    meta = json.loads((package / "mouthmap.json").read_text())
+    prep = meta.get("prepare", {})
+    settings = evaluate.RoiSettings(
+        **{k: prep[k] for k in evaluate.RoiSettings.__dataclass_fields__ if k in prep}
+    )
+    table = evaluate.videos_features([c.video for c in clips], settings=settings,
+                                     package=package, workers=1)  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame(table).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def _drift(params, opts: DemoOptions, result: DemoResult, sd: Path, echo: Echo) -> str:
+    import datetime as dt
+
+    import pandas as pd
+
+    from mouthmap.monitor.drift import DEFAULT_MIN_REQUESTS, check_drift
+    from mouthmap.monitor.sink import load_window
+    from mouthmap.stack.triton import TritonService
+
+    sink = TritonService(sd).recording_to()
+    if not sink:
+        raise DemoError("drift", "the running Triton records no request features "
+                        "(restart it: `mouthmap stack down`, then `make demo`)")  # fmt: skip
+    since = dt.datetime.fromtimestamp(result.stream_started or time.time(), dt.UTC)
+    window = load_window(sink, since=since)
+    if window.empty:
+        raise DemoError("drift", f"Triton recorded no request features under {sink}",
+                        sd / "triton.log")  # fmt: skip
+    reference = pd.read_csv(_reference(params, opts, result, sd, echo))
+    html = _reports(opts) / "drift" / "report.html"
+    # a demo's window is a handful of clips; the CronJob waits for 20 requests or more
+    check = check_drift(reference, window, min_requests=min(DEFAULT_MIN_REQUESTS, len(window)),
+                        html=html)  # fmt: skip
+    result.drift_report, result.drifted = html, check.drifted
+    echo("  " + check.summary().splitlines()[0])
+    echo(f"  report: {html} (the dashboard's Drift page); requests recorded under {sink}")
+    if len(window) < DEFAULT_MIN_REQUESTS:
+        echo(f"  ({len(window)} requests is a small window: `mouthmap drift check` asks for "
+             f"{DEFAULT_MIN_REQUESTS})")  # fmt: skip
+    verdict = "drift" if check.drifted else "no drift"
+    return f"{verdict}: {len(window)} requests vs {len(reference)} training clips"
+
+
 def _dashboard(sd: Path, opts: DemoOptions, result: DemoResult, echo: Echo) -> str:
     from mouthmap.dashboard.launch import start_background
     from mouthmap.dashboard.settings import Settings
@@ -432,7 +520,7 @@ def _dashboard(sd: Path, opts: DemoOptions, result: DemoResult, echo: Echo) -> s
     base = Settings.from_env({})
     settings = Settings(
         model=result.champion_package, checkpoint=None, decoder="beam", samples=base.samples,
-        reports=base.reports, triton=result.triton_grpc, mlflow=result.mlflow_uri,
+        reports=_reports(opts), triton=result.triton_grpc, mlflow=result.mlflow_uri,
         threads=1, live_fps=base.live_fps,
     )  # fmt: skip
     url, reused = start_background(settings, sd, opts.dashboard_port)

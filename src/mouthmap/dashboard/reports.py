@@ -136,6 +136,20 @@ def _gate(tags: dict[str, str]) -> dict[str, Any]:
         return {}
 
 
+def figure_set(clips: Any, split: Any, decoder: Any) -> str:
+    """Where a WER comes from, in words: ``"93 test clips, beam"`` ('' when unknown)."""
+    if not clips:
+        return ""
+    return f"{clips} {split or '?'} clips" + (f", {decoder}" if decoder else "")
+
+
+def _percent(raw: str | None) -> float | None:
+    try:
+        return round(100 * float(raw), 2) if raw else None
+    except ValueError:
+        return None
+
+
 def registry_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     """`Registry.show()` -> one row per version, newest first."""
     rows = []
@@ -148,9 +162,13 @@ def registry_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
                 "aliases": ", ".join(v["aliases"]) or "",
                 "WER %": round(100 * gate["wer"], 2) if "wer" in gate else None,
                 "CER %": round(100 * gate["cer"], 2) if "cer" in gate else None,
+                "gate set": figure_set(gate.get("clips"), gate.get("split"), gate.get("decoder")),
+                "card WER %": _percent(tags.get("card.wer")),
+                "card set": figure_set(
+                    tags.get("card.clips"), tags.get("card.split"), tags.get("card.decoder")
+                ),
                 "latency ms": round(gate["latency_ms"], 1) if "latency_ms" in gate else None,
                 "size MB": round(gate["size_mb"], 3) if "size_mb" in gate else None,
-                "gate clips": gate.get("clips"),
                 "registered": time.strftime("%Y-%m-%d %H:%M", time.gmtime(created / 1000))
                 if created
                 else "",

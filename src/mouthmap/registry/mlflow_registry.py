@@ -122,6 +122,23 @@ def _info(mv) -> VersionInfo:
     )  # fmt: skip
 
 
+def card_tags(meta: dict[str, Any]) -> dict[str, str]:
+    """The package's own headline figure (its model card's: the test split with the beam
+    decoder) as ``card.*`` tags, so the registry says which split and how many clips each
+    figure is on, beside the gate's measurement on the gate's set."""
+    test = (meta.get("evaluation") or {}).get("test") or {}
+    decoder = "beam" if "beam" in test else next(iter(test), None)
+    result = test.get(decoder) if decoder else None
+    if not isinstance(result, dict) or "wer" not in result:
+        return {}
+    return {
+        "card.wer": f"{float(result['wer']):.6g}",
+        "card.clips": str(result.get("clips", "")),
+        "card.split": "test",
+        "card.decoder": str(decoder),
+    }
+
+
 def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in (d or {}).items():
@@ -259,6 +276,7 @@ class Registry:
             **{f"metric.{k}": f"{v:.6g}" for k, v in numbers.items()},
             "package.name": str(meta.get("name")),
             "package.format": str(meta.get("format")),
+            **card_tags(meta),
             **(extra_tags or {}),
         }
         self._ensure_model()

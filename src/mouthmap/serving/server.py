@@ -192,10 +192,12 @@ class TritonServer:
         metrics_port: int = DEFAULT_METRICS_PORT,
         timeout: float = 180.0,
         log_verbose: int = 0,
+        env: dict[str, str] | None = None,
     ) -> TritonEndpoint:
         """Start Triton on ``repo`` unless this state dir already serves it (then reuse).
 
-        A port of 0 picks a free one. Raises :class:`StackError` naming the cause (a port
+        A port of 0 picks a free one; ``env`` is added to the server's environment (and
+        recorded in its meta file). Raises :class:`StackError` naming the cause (a port
         taken by another process, a model that failed to load: the log's tail is included).
         """
         repo = Path(repo).resolve()
@@ -226,14 +228,15 @@ class TritonServer:
             ports[key] = port
         self._cleanup(self.proc.read_meta())  # what a server that died here left behind
         cmd = self.command(repo, ports, log_verbose)
-        meta = {"ports": ports, "repo": str(repo), "command": cmd, "shm_prefix": _prefix(ports)}
+        meta = {"ports": ports, "repo": str(repo), "command": cmd, "shm_prefix": _prefix(ports),
+                "env": dict(env or {})}  # fmt: skip
         self.proc.write_meta(meta)
         try:
             pid = self.proc.start(
                 cmd,
                 lambda: is_ready(ports["http"]),
                 timeout=timeout,
-                env=server_env(),
+                env={**server_env(), **(env or {})},
                 cwd=self.state_dir,
             )
         finally:

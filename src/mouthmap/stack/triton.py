@@ -8,6 +8,7 @@ Triton of this state dir runs; a running one is reused, never rebuilt under its 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from mouthmap.serving.server import TritonEndpoint
 
 REPO_DIR = "triton-repo"
+DRIFT_DIR = "drift-requests"  # the request features the stream model records (drift sink)
 
 
 class TritonService:
@@ -39,10 +41,31 @@ class TritonService:
         running = self.server.endpoint()
         if running is not None:
             return self.server.up(running.repo, timeout=timeout)  # waits until ready
+        from mouthmap.monitor.sink import ENV_SINK
         from mouthmap.serving.repository import build_repo
 
         repo = build_repo(model, self.state_dir / REPO_DIR)
-        return self.server.up(repo, http_port, grpc_port, metrics_port, timeout=timeout)
+        return self.server.up(repo, http_port, grpc_port, metrics_port, timeout=timeout,
+                              env={ENV_SINK: self.drift_sink()})  # fmt: skip
+
+    def drift_sink(self) -> str:
+        """Where the local stack's Triton records request features for the drift monitor:
+        ``$MOUTHMAP_DRIFT_SINK`` when set, else ``<state>/drift-requests``."""
+        from mouthmap.monitor.sink import ENV_SINK
+
+        if os.environ.get(ENV_SINK):
+            return os.environ[ENV_SINK]
+        path = self.state_dir / DRIFT_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def recording_to(self) -> str | None:
+        """The drift sink of the running server (None: none runs, or it records nothing)."""
+        from mouthmap.monitor.sink import ENV_SINK
+
+        if self.server.endpoint() is None:
+            return None
+        return self.proc.read_meta().get("env", {}).get(ENV_SINK)
 
     def endpoint_if_running(self) -> str | None:
         ep = self.server.endpoint()
