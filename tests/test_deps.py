@@ -121,3 +121,33 @@ def test_resolving_again_reproduces_the_committed_lock(tmp_path):
         raise
     assert main.read_text() == deps.LOCK.read_text()
     assert torch.read_text() == deps.TORCH_LOCK.read_text()
+
+
+@pytest.mark.parametrize("tests_pass", [True, False])
+def test_upgrade_keeps_the_new_lock_only_when_the_tests_pass(tmp_path, monkeypatch, tests_pass):
+    """`make upgrade` around its real parts (uv, pip, make) stubbed: what it leaves behind."""
+    deps = _deps()
+    root = _copy_project(tmp_path)
+    monkeypatch.setattr(deps, "LOCK", root / "requirements" / "lock.txt")
+    monkeypatch.setattr(deps, "TORCH_LOCK", root / "requirements" / "torch-cpu.txt")
+    before = deps.LOCK.read_text()
+    numpy = deps.parse_lock(deps.LOCK)["numpy"][0]
+    upgraded = before.replace(f"\nnumpy=={numpy} ", "\nnumpy==1.26.5 ")
+
+    def fake_lock(upgrade=False, out_dir=None):
+        assert upgrade
+        deps.LOCK.write_text(upgraded)
+
+    installs: list[str] = []
+    monkeypatch.setattr(deps, "lock", fake_lock)
+    monkeypatch.setattr(deps, "install", lambda python: installs.append(deps.LOCK.read_text()))
+    monkeypatch.setattr(deps.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 0 if tests_pass else 1))  # fmt: skip
+    if tests_pass:
+        deps.upgrade(sys.executable)
+        assert deps.LOCK.read_text() == upgraded and installs == [upgraded]
+    else:
+        with pytest.raises(deps.DepsError, match="old lock is back in place"):
+            deps.upgrade(sys.executable)
+        assert deps.LOCK.read_text() == before  # and the old set is installed again
+        assert installs == [upgraded, before]
