@@ -245,7 +245,7 @@ def test_every_other_page_loads_without_errors(dashboard, browser, path, marker)
         assert "11.11%" in champion and "gate WER on 3 test clips, beam" in champion
         assert "6.45%" in champion and "model card WER on 93 test clips, beam" in champion
         challenger = page.inner_text(".st-key-registry-challenger")
-        assert "not gated" in challenger and "no gate run yet" in challenger
+        assert "not gated yet" in challenger and "no model card figure" in challenger
     if path == "benchmarks":  # the table is drawn on a canvas; the caption is text
         assert page.get_by_text("test cpu (2 cores)").count() == 1
         img = page.wait_for_selector(".st-key-bench-plot img")

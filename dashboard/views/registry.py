@@ -42,7 +42,7 @@ for col, (label, ver) in zip(
         st.subheader(f"{label}: v{ver}" if ver else f"{label}: none")
         row = by_version.get(int(ver)) if ver else None
         if row:
-            a, b, c, d = st.columns(4)
+            a, b = st.columns(2)
             a.metric(
                 "gate WER", f"{row['WER %']}%" if row["WER %"] is not None else "not gated",
                 help="measured by the gate (mlops/gate.yaml) on its own set of clips",
@@ -52,12 +52,13 @@ for col, (label, ver) in zip(
                 f"{row['card WER %']}%" if row["card WER %"] is not None else "–",
                 help="the package's own evaluation (its README / model card)",
             )
+            c, d = st.columns(2)
             c.metric("latency / clip", f"{row['latency ms']} ms" if row["latency ms"] else "–")
             d.metric("model.onnx", f"{row['size MB']} MB" if row["size MB"] else "–")
-            st.caption(
-                f"gate WER on {row['gate set'] or 'no gate run yet'} · model card WER on "
-                f"{row['card set'] or 'no evaluation in the package'}"
-            )
+            gate_on = f"gate WER on {row['gate set']}" if row["gate set"] else "not gated yet"
+            card_on = (f"model card WER on {row['card set']}" if row["card set"]
+                       else "no model card figure (the package holds no evaluation)")  # fmt: skip
+            st.caption(f"{gate_on} · {card_on}")
             st.caption(
                 f"commit {row['git commit'] or '–'} · pipeline run "
                 f"{row['pipeline run'] or '–'} · registered {row['registered']}"
@@ -74,7 +75,7 @@ st.caption(
 gated = df.dropna(subset=["WER %"])
 if len(gated):
     st.subheader("Gate figures per version")
-    st.bar_chart(gated.set_index("version")[["WER %", "CER %"]])
+    st.bar_chart(gated.set_index("version")[["WER %", "CER %"]], stack=False)
 st.caption(
     "Promote with `mouthmap registry promote --version N` (runs the gate); undo with "
     "`mouthmap registry rollback`. See docs/runbook.md."
