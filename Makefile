@@ -8,7 +8,7 @@ LOCK   := requirements/lock.txt requirements/torch-cpu.txt
 # TORCH=cu128 (a CUDA variant of PyTorch's index) installs a CUDA build instead: see the README
 TORCH  ?= cpu
 
-.PHONY: install lock upgrade demo demo-down test lint format clean
+.PHONY: install lock upgrade images demo demo-down test lint format clean
 
 # exactly the locked files (hash-checked, no resolving): scripts/deps.py
 $(STAMP): pyproject.toml $(LOCK)
@@ -25,6 +25,9 @@ lock: $(STAMP)  # re-resolve after editing pyproject.toml's dependencies (keeps 
 upgrade: $(STAMP)  # newest allowed versions; kept only if `make test` passes on them
 	$(BIN)/python scripts/deps.py upgrade
 
+images: $(STAMP)  # pipeline, proxy and triton-cpu images (Docker: scripts/docker.sh up starts one)
+	$(BIN)/mouthmap images build
+
 # stack (S3, MLflow, Triton) + quick pipeline + gate/registry + serve + gRPC streams + dashboard
 demo: $(STAMP)
 	$(BIN)/mouthmap demo
@@ -35,7 +38,7 @@ demo-down:  # stop the dashboard and the whole local stack that `make demo` star
 test: $(STAMP)
 	$(BIN)/python scripts/deps.py check  # the lock agrees with pyproject.toml
 	bash scripts/install_browser.sh  # Debian chromium for the browser test (no-op when present)
-	$(BIN)/ruff check src tests components pipelines dashboard
+	$(BIN)/ruff check src tests components pipelines dashboard scripts
 	$(BIN)/python -m pytest -q --timeout=900 --durations=15  # the slowest, to keep CI short
 
 lint: $(STAMP)

@@ -112,6 +112,56 @@ def parse_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
     return pins
 
 
+def dependents(path: Path) -> dict[str, set[str]]:
+    """``{name: {packages that need it}}`` from uv's ``# via`` notes (``mouthmap`` for a
+    requirement of pyproject.toml itself)."""
+    via: dict[str, set[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if m := re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==", line):
+            current = normalise(m.group(1))
+            via[current] = set()
+        elif (
+            current
+            and (m := re.match(r"\s+#\s+(?:via\s+)?([A-Za-z0-9_.\-]+)", line))
+            and m.group(1) != "via"
+        ):
+            via[current].add(normalise(m.group(1)))
+    return via
+
+
+def groups() -> dict[str, dict[str, list[str]]]:
+    """``[tool.mouthmap.deps-groups]`` of pyproject.toml: the part of the lock each image
+    installs, as ``{only = [...]}`` or ``{exclude = [...]}`` of the project's dependencies."""
+    tool = tomllib.loads(PYPROJECT.read_text()).get("tool", {}).get("mouthmap", {})
+    return {"runtime": {"exclude": []}, **tool.get("deps-groups", {})}
+
+
+def subset(group: str) -> set[str]:
+    """The locked packages a group needs (its roots and everything they need in turn):
+    ``runtime`` is the project's dependencies without the dev tools."""
+    spec = groups().get(group)
+    if spec is None:
+        raise DepsError(f"no dependency group {group!r}: use one of {sorted(groups())}")
+    name = lambda req: normalise(re.match(r"[A-Za-z0-9_.\-]+", req).group(0))  # noqa: E731
+    # `exclude` also cuts what only an excluded package needs, and the extras uv's notes do not
+    # tell apart (tritonclient's HTTP client beside its gRPC one, say)
+    excluded = {name(r) for r in spec.get("exclude", [])}
+    roots = spec["only"] if "only" in spec else _project()["dependencies"]
+    needed = {name(r) for r in roots} - excluded
+    needed.add("setuptools")  # the project's build backend (installs without build isolation)
+    via = dependents(LOCK) | {"torch": set()}
+    grew = True
+    while grew:
+        extra = {
+            name for name, parents in via.items()
+            if name not in needed and name not in excluded and parents & needed
+        }  # fmt: skip
+        needed |= extra
+        grew = bool(extra)
+    return needed
+
+
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -170,20 +220,21 @@ def _run(cmd: list[str]) -> None:
         raise DepsError(f"{Path(cmd[0]).name} failed ({rc}): {' '.join(cmd[1:])}")
 
 
-def _bootstrap_uv(python: str) -> str | None:
-    """uv from the lock (its own hash-checked wheel, installed by pip), or None to use pip."""
+def _bootstrap_uv(python: str, where: Path) -> str | None:
+    """uv from the lock (its own hash-checked wheel, installed by ``python``'s pip into
+    ``where``, outside the target environment), or None to let pip install everything."""
     if os.environ.get("DEPS_INSTALLER", "uv") == "pip":
         return None
-    uv = Path(python).parent / "uv"
     version, hashes = parse_lock(LOCK).get("uv", (None, []))
     if version is None:
         return None
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as req:
-        req.write(f"uv=={version} " + " ".join(f"--hash=sha256:{h}" for h in hashes) + "\n")
-        req.flush()
-        if _pip(python, "--no-deps", "--require-hashes", "-r", req.name, check=False):
-            print("  (uv could not be installed: pip installs the rest)")
-            return None
+    req = where.with_suffix(".txt")
+    req.write_text(f"uv=={version} " + " ".join(f"--hash=sha256:{h}" for h in hashes) + "\n")
+    if _pip(python, "--no-deps", "--require-hashes", "--target", str(where), "-r",
+            str(req), check=False):  # fmt: skip
+        print("  (uv could not be installed: pip installs the rest)")
+        return None
+    uv = where / "bin" / "uv"
     return str(uv) if uv.exists() else None
 
 
@@ -196,11 +247,47 @@ def installed(python: str) -> dict[str, str]:
     return {normalise(k): v for k, v in json.loads(out.stdout).items()}
 
 
-def install(python: str, torch: str = "cpu", editable: bool = True, sync: bool = True) -> None:
-    """The locked set into ``python``'s environment; with ``sync``, what the lock no longer
-    holds is removed (so an existing venv ends up equal to a fresh one)."""
+def install(
+    python: str,
+    torch: str = "cpu",
+    editable: bool = True,
+    sync: bool = True,
+    group: str = "all",
+    project: bool = True,
+) -> None:
+    """The locked set (or one ``group`` of it: see :func:`subset`) into ``python``'s
+    environment, then the project itself (unless ``project`` is False); with ``sync``, what
+    the lock no longer holds is removed (so an existing venv ends up equal to a fresh one)."""
     if problems := check_files_only():
         raise DepsError("; ".join(problems))
+    wanted = set(parse_lock(LOCK)) | {"torch"} if group == "all" else subset(group)
+    if "torch" in wanted:
+        _install_torch(python, torch)
+    with tempfile.TemporaryDirectory() as tmp:
+        reqs = LOCK if group == "all" else _write_subset(wanted, Path(tmp) / f"{group}.txt")
+        uv = _bootstrap_uv(python, Path(tmp) / "uv")
+        if uv:  # the same hash-checked files, fetched in parallel: about 3x faster than pip here
+            _run([uv, "pip", "install", "--python", python, "--no-deps", "--require-hashes",
+                  "-r", str(reqs)])  # fmt: skip
+        else:
+            _pip(python, "--no-deps", "--require-hashes", "-r", str(reqs))
+    if project:
+        _pip(python, "--no-deps", *(["-e"] if editable else []), str(ROOT))
+    if sync:
+        keep = wanted | KEEP
+        if torch != "cpu":
+            keep |= {n for n in installed(python) if n.startswith(("nvidia-", "triton"))}
+        extra = sorted(set(installed(python)) - keep)
+        if extra:
+            print("  no longer locked, removed:", " ".join(extra), flush=True)
+            _run([python, "-m", "pip", "uninstall", "-y", "-q", *extra])
+    if group == "all" or not project:  # a group's project metadata names what it left out
+        rc = subprocess.run([python, "-m", "pip", "check"]).returncode
+        if rc:
+            raise DepsError("pip check found broken requirements in the installed set")
+
+
+def _install_torch(python: str, torch: str) -> None:
     if torch == "cpu":
         # a wheelhouse or mirror in pip's own configuration (find-links) is used when it holds
         # the locked file (same hash); otherwise PyTorch's CPU index, named in the file
@@ -211,24 +298,15 @@ def install(python: str, torch: str = "cpu", editable: bool = True, sync: bool =
     else:  # a CUDA build: its nvidia-* libraries come with it, not from the lock
         version = parse_lock(TORCH_LOCK)["torch"][0].split("+")[0]
         _pip(python, "--index-url", TORCH_INDEX.format(variant=torch), f"torch=={version}")
-    uv = _bootstrap_uv(python)
-    if uv:  # the same hash-checked files, fetched in parallel: about 3x faster than pip here
-        _run([uv, "pip", "install", "--python", python, "--no-deps", "--require-hashes",
-              "-r", str(LOCK)])  # fmt: skip
-    else:
-        _pip(python, "--no-deps", "--require-hashes", "-r", str(LOCK))
-    _pip(python, "--no-deps", *(["-e"] if editable else []), str(ROOT))
-    if sync:
-        keep = set(parse_lock(LOCK)) | {"torch"} | KEEP
-        if torch != "cpu":
-            keep |= {n for n in installed(python) if n.startswith(("nvidia-", "triton"))}
-        extra = sorted(set(installed(python)) - keep)
-        if extra:
-            print("  no longer locked, removed:", " ".join(extra), flush=True)
-            _run([python, "-m", "pip", "uninstall", "-y", "-q", *extra])
-    rc = subprocess.run([python, "-m", "pip", "check"]).returncode
-    if rc:
-        raise DepsError("pip check found broken requirements in the installed set")
+
+
+def _write_subset(names: set[str], path: Path) -> Path:
+    """The lock's entries for ``names`` (hashes and all) as a requirements file."""
+    blocks = re.split(r"\n(?=\S)", LOCK.read_text())
+    keep = [b for b in blocks if (m := re.match(r"([A-Za-z0-9_.\-]+)[\[=]", b))
+            and normalise(m.group(1)) in names]  # fmt: skip
+    path.write_text("\n".join(b.rstrip() for b in keep) + "\n")
+    return path
 
 
 def check_files_only() -> list[str]:
@@ -359,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--no-editable", action="store_true", help="install the project as a copy")
     p.add_argument("--no-sync", action="store_true", help="keep packages the lock does not hold")
+    p.add_argument("--group", default="all", help="all (default), runtime, or a group of "
+                   "[tool.mouthmap.deps-groups] (pipeline, triton, proxy)")  # fmt: skip
+    p.add_argument("--no-project", action="store_true", help="the dependencies only")
     sub.add_parser("check", help="the lock agrees with pyproject.toml")
     p = sub.add_parser("lock", help="re-resolve pyproject.toml into requirements/")
     p.add_argument("--upgrade", action="store_true", help="newest allowed versions of everything")
@@ -367,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "install":
-            install(args.python, args.torch, not args.no_editable, not args.no_sync)
+            install(args.python, args.torch, not args.no_editable, not args.no_sync,
+                    args.group, not args.no_project)  # fmt: skip
         elif args.cmd == "check":
             problems = check()
             for problem in problems:

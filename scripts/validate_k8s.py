@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prove charts/mouthmap and infra/ as far as tools can without a cluster.
 
-For the chart, once per values file (default, ci/gpu-values.yaml, ci/minimal-values.yaml):
+For the chart, once per values file (default, ci/gpu-values.yaml, ci/minimal-values.yaml,
+ci/cpu-values.yaml):
 ``helm lint --strict``, ``helm template``, then on the rendered manifests
 ``kubernetes-validate -k 1.30.0 --strict``, ``checkov`` (policy scan) and our structural
 schemas for the custom resources kubernetes-validate has no schema for (ServiceMonitor,
@@ -33,7 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "mouthmap"
 INFRA = ROOT / "infra"
 K8S_VERSION = "1.30.0"
-VALUES = {"default": None, "gpu": "ci/gpu-values.yaml", "minimal": "ci/minimal-values.yaml"}
+VALUES = {
+    "default": None,
+    "gpu": "ci/gpu-values.yaml",
+    "minimal": "ci/minimal-values.yaml",
+    "cpu": "ci/cpu-values.yaml",
+}
 LOCAL_KUSTOMIZATIONS = ["cluster/mlflow"]  # the others pull pinned remote bases (no network)
 MANIFEST_DIRS = ["cluster/training"]  # plain manifests, checked together (policies + pods)
 

@@ -4,12 +4,20 @@ rendered resources do what a cluster operator installing it expects."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from _k8s import CHART, by_kind, failures, helm, k8s_bin, pod_specs, render, validate  # noqa: F401
 
-VALUES = {"default": None, "gpu": "ci/gpu-values.yaml", "minimal": "ci/minimal-values.yaml"}
+VALUES = {
+    "default": None,
+    "gpu": "ci/gpu-values.yaml",
+    "minimal": "ci/minimal-values.yaml",
+    "cpu": "ci/cpu-values.yaml",
+}
 
 
 @pytest.mark.parametrize("name", list(VALUES))
@@ -56,7 +64,12 @@ def test_default_install_has_every_part_of_the_platform(k8s_bin):  # noqa: F811
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["MOUTHMAP_DRIFT_SINK"] == "s3://mouthmap-drift/requests"
     proxy = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("proxy"))
-    assert proxy["spec"]["template"]["spec"]["containers"][0]["command"] == ["mouthmap", "proxy"]
+    container = proxy["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["mouthmap-proxy"]
+    # the proxy's own parser accepts the chart's command line (an unknown option fails it)
+    line = [str(Path(sys.executable).parent / container["command"][0]), *container["args"]]
+    parsed = subprocess.run([*line, "--help"], capture_output=True, text=True, timeout=60)
+    assert parsed.returncode == 0, parsed.stderr[-1500:]
     cron = by_kind(docs, "CronJob")[0]
     job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert job["command"] == ["mouthmap", "drift", "check"]
@@ -99,6 +112,29 @@ def test_gpu_values_put_triton_on_gpu_nodes_with_monitoring(k8s_bin):  # noqa: F
     # the CPU default has no GPU anywhere
     default = render(k8s_bin)
     assert "nvidia.com/gpu" not in json.dumps(default)
+
+
+def test_the_cpu_flavour_serves_with_the_triton_cpu_image(k8s_bin):  # noqa: F811
+    docs = render(k8s_bin, VALUES["cpu"])
+    triton = next(
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("triton")
+    )
+    pod = triton["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    assert main["image"].endswith(":0.1.0-cpu")
+    assert main["command"] == ["mouthmap", "serve", "run", "/work/models"]
+    # the CLI accepts the chart's command line (an unknown option would fail it)
+    line = [str(Path(sys.executable).parent / "mouthmap"), *main["command"][1:], *main["args"]]
+    parsed = subprocess.run([*line, "--help"], capture_output=True, text=True, timeout=60)
+    assert parsed.returncode == 0, parsed.stderr[-1500:]
+    build = next(c for c in pod["initContainers"] if c["name"] == "build-repo")
+    backend = [
+        a for i, a in enumerate(build["args"]) if build["args"][i - 1] == "--encoder-backend"
+    ]
+    assert backend[-1] == "python"  # pytriton's server has no ONNX Runtime backend
+    bad = helm(k8s_bin, "template", "r", str(CHART), "--set", "triton.flavour=cpu",
+               "--set", "triton.gpu.enabled=true")  # fmt: skip
+    assert bad.returncode != 0 and "has no GPU support" in bad.stderr
 
 
 def test_minimal_values_install_triton_alone(k8s_bin):  # noqa: F811

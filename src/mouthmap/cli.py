@@ -9,6 +9,7 @@ import typer
 
 from mouthmap.config import DEFAULT_PARAMS, ParamsError, load_params
 from mouthmap.dashboard.cli import dashboard_cmd
+from mouthmap.images.cli import images_app
 from mouthmap.monitor.cli import drift_app
 from mouthmap.pipeline.cli import pipeline_app
 from mouthmap.registry.cli import registry_app
@@ -26,6 +27,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(drift_app, name="drift")
+app.add_typer(images_app, name="images")
 register_serving(app)  # serve build-repo|up|down|status, stream, proxy, loadtest
 app.command("dashboard")(dashboard_cmd)  # Streamlit app (mouthmap.dashboard)
 

@@ -10,6 +10,7 @@ with QAT or used as a teacher later (the ONNX files have BatchNorm folded in).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -82,7 +83,10 @@ class ModelPackage:
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The commit of the code that made a model (the checkout MouthMap runs from)."""
+    """The commit of the code that made a model (the checkout MouthMap runs from; in an
+    image, which holds no .git, the commit it was built from: ``MOUTHMAP_GIT_COMMIT``)."""
+    if repo is None and os.environ.get("MOUTHMAP_GIT_COMMIT"):
+        return os.environ["MOUTHMAP_GIT_COMMIT"]
     repo = repo or Path(__file__).resolve().parent
     try:
         out = subprocess.run(

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class VideoClip:
 
 
 def _open(path: Path) -> av.container.InputContainer:
+    import av  # imported where files are decoded: the proxy image converts frames only
+
     if not path.exists():
         raise MediaError(f"{path}: file does not exist")
     if path.stat().st_size == 0:
@@ -59,6 +64,8 @@ def probe_and_decode_video(path: str | Path) -> VideoClip:
     A stream that breaks part-way (truncated file, corrupt packets) yields the
     frames decoded before the break, with a warning; zero frames is an error.
     """
+    import av
+
     path = Path(path)
     with _open(path) as container:
         if not container.streams.video:
@@ -86,6 +93,8 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     Resampling here (not in the feature code) means features never depend on the
     source encoding's rate or channel layout.
     """
+    import av
+
     path = Path(path)
     with _open(path) as container:
         if not container.streams.audio:

@@ -61,12 +61,20 @@ def run_cmd(
     ),  # fmt: skip
     out: Path = typer.Option(Path("runs/pipeline"), "--out", help="local runs' artifacts"),
     cache: bool = typer.Option(False, help="reuse outputs of unchanged steps (local runs)"),
+    runner_opt: str = typer.Option(
+        "subprocess",
+        "--runner",
+        help="local runs: subprocess (this Python) | docker (each step in the pipeline image, "
+        "as on a cluster; `make images` builds it)",
+    ),  # fmt: skip
     experiment: str = typer.Option("mouthmap", help="KFP experiment (--host)"),
     namespace: str = typer.Option(None, help="Kubeflow namespace (--host, multi-user)"),
 ) -> None:
     """Run the training pipeline: --local here (quick profile by default) or --host URL."""
+    from mouthmap.images import ImageError
     from mouthmap.pipeline import runner
 
+    runner_kind = runner_opt
     if local == bool(host):
         _fail("give exactly one of --local or --host URL")
     try:
@@ -91,9 +99,13 @@ def run_cmd(
         check_reachable(uri)
     except (RegistryError, OSError) as e:
         _fail(str(e))
-    typer.echo(f"running the pipeline here (kfp.local); registry {uri}; artifacts under {out}")
+    typer.echo(f"running the pipeline here (kfp.local, {runner_kind} runner); registry {uri}; "
+               f"artifacts under {out}")  # fmt: skip
     t0 = time.perf_counter()
-    result = runner.run_local(values, out, uri, cache=cache)
+    try:
+        result = runner.run_local(values, out, uri, cache=cache, runner=runner_kind)
+    except (ValueError, ImageError) as e:
+        _fail(str(e))
     typer.echo("")
     typer.echo(result.table())
     typer.echo(f"pipeline {result.status} in {time.perf_counter() - t0:.0f} s; "

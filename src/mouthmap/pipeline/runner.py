@@ -157,14 +157,41 @@ class StepTimer(io.TextIOBase):
                 self.on_finished(step)
 
 
+RUNNERS = ("subprocess", "docker")
+
+
+def _runner(kind: str, root: Path):
+    """kfp.local's runner: each step a subprocess of this Python, or a container of the
+    pipeline image (what a Kubeflow cluster runs) on the host network, so the steps reach the
+    local MLflow and S3 on loopback."""
+    from kfp import local
+
+    if kind == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    if kind != "docker":
+        raise ValueError(f"unknown runner {kind!r}: use {' or '.join(RUNNERS)}")
+    from mouthmap.images import require_daemon
+
+    require_daemon()
+    # the image runs as UID 10001 and writes its outputs under the bind-mounted root
+    root.chmod(0o1777)
+    return local.DockerRunner(
+        network_mode="host",
+        entrypoint=[""],  # the image's `mouthmap` entry point would swallow the step's command
+        environment={"HOME": "/home/mouthmap", "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def run_local(
     values: dict[str, Any],
     pipeline_root: str | Path,
     registry_uri: str,
     *,
     cache: bool = False,
+    runner: str = "subprocess",
 ) -> LocalRun:
-    """The whole pipeline here, each step a subprocess of this Python (``kfp.local``)."""
+    """The whole pipeline here (``kfp.local``): each step a subprocess of this Python, or a
+    container of the pipeline image (``runner="docker"``)."""
     from kfp import local
 
     values = {**values, "registry_uri": registry_uri}
@@ -172,7 +199,7 @@ def run_local(
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(
-        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+        runner=_runner(runner, root), pipeline_root=str(root),
         raise_on_error=True, enable_caching=cache,
     )  # fmt: skip
     pipeline = _pipeline_module().build()

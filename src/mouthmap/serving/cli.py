@@ -124,6 +124,28 @@ def serve_up_cmd(
     typer.echo(f"  stream a video: mouthmap stream VIDEO --url {ep.grpc}")
 
 
+@serve_app.command("run")
+def serve_run_cmd(
+    repo: Path = typer.Argument(..., help="a repository from `serve build-repo`"),
+    address: str = typer.Option("0.0.0.0", help="address to listen on (a container's: all)"),
+    http_port: int = typer.Option(8000),
+    grpc_port: int = typer.Option(8001),
+    metrics_port: int = typer.Option(8002),
+    state_dir: Path = typer.Option(Path("/tmp/mouthmap-triton"), help="backends directory"),
+    log_verbose: int = typer.Option(0),
+) -> None:
+    """Run Triton in the foreground (this process becomes the server): the CPU image's
+    entry point, where no NGC image is at hand."""
+    from mouthmap.serving.server import TritonServer
+    from mouthmap.stack import StackError
+
+    ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+    try:
+        TritonServer(state_dir).exec_foreground(repo, ports, address, log_verbose)
+    except (StackError, FileNotFoundError, OSError) as e:
+        _fail(str(e))
+
+
 @serve_app.command("down")
 def serve_down_cmd(state_dir: Path = typer.Option(None)) -> None:
     """Stop the Triton server started by `serve up` or `stack up`."""
@@ -291,9 +313,17 @@ def loadtest_cmd(
         raise typer.Exit(1)
 
 
+# `mouthmap-proxy`: the proxy alone, for the proxy image (which holds neither PyTorch nor the
+# libraries of the other commands)
+proxy_app = typer.Typer(add_completion=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the main ``mouthmap`` app."""
     app.add_typer(serve_app, name="serve")
     app.command("stream")(stream_cmd)
     app.command("proxy")(proxy_cmd)
     app.command("loadtest")(loadtest_cmd)
+
+
+proxy_app.command(help="The browsers' WebSocket in front of Triton's gRPC stream.")(proxy_cmd)

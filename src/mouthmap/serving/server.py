@@ -14,8 +14,10 @@ Health: ``/v2/health/ready`` (HTTP); Prometheus metrics on the metrics port
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import importlib.util
 import os
+import shutil
 import signal
 import sys
 import urllib.request
@@ -92,11 +94,19 @@ def prepare_backends(target: Path) -> Path:
     py.mkdir(parents=True, exist_ok=True)
     for name, src in files.items():
         dst = py / name
-        if dst.is_symlink() and dst.resolve() == src.resolve():
+        # the backend chmods its stub before starting it, which a user who does not own the
+        # installed file (an image's UID 10001) may not: that one is a copy of its own
+        copy = name == "triton_python_backend_stub" and src.stat().st_uid != os.geteuid()
+        if not copy and dst.is_symlink() and dst.resolve() == src.resolve():
+            continue
+        if copy and dst.is_file() and not dst.is_symlink() and filecmp.cmp(dst, src, False):
             continue
         with contextlib.suppress(FileNotFoundError):
             dst.unlink()
-        dst.symlink_to(src)
+        if copy:
+            shutil.copy2(src, dst)
+        else:
+            dst.symlink_to(src)
     return target
 
 
@@ -156,7 +166,9 @@ class TritonServer:
         ep = self.endpoint()
         return bool(ep and is_ready(ep.http_port))
 
-    def command(self, repo: Path, ports: dict[str, int], log_verbose: int = 0) -> list[str]:
+    def command(
+        self, repo: Path, ports: dict[str, int], log_verbose: int = 0, address: str = LOOPBACK
+    ) -> list[str]:
         backends = prepare_backends(self.state_dir / f"{self.proc.name}-backends")
         prefix = _prefix(ports)  # shared-memory names: two servers never collide
         return [
@@ -171,9 +183,9 @@ class TritonServer:
             "--model-control-mode=none",
             "--disable-auto-complete-config",
             "--strict-readiness=true",
-            f"--http-address={LOOPBACK}",
-            f"--grpc-address={LOOPBACK}",
-            f"--metrics-address={LOOPBACK}",
+            f"--http-address={address}",
+            f"--grpc-address={address}",
+            f"--metrics-address={address}",
             f"--http-port={ports['http']}",
             f"--grpc-port={ports['grpc']}",
             f"--metrics-port={ports['metrics']}",
@@ -245,6 +257,20 @@ class TritonServer:
             if started is None:
                 self._cleanup({**meta, "pgid": None})
         return TritonEndpoint(ports["http"], ports["grpc"], ports["metrics"], repo, pid, False)
+
+    def exec_foreground(
+        self, repo: str | Path, ports: dict[str, int], address: str = "0.0.0.0",
+        log_verbose: int = 0,
+    ) -> None:  # fmt: skip
+        """Replace this process with Triton serving ``repo`` (a container's main process:
+        signals reach the server, its exit is the container's)."""
+        from mouthmap.serving.repository import read_manifest
+
+        repo = Path(repo).resolve()
+        read_manifest(repo)  # a clear error for a directory that is not ours
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command(repo, ports, log_verbose, address)
+        os.execve(cmd[0], cmd, server_env())
 
     def down(self, timeout: float = 20.0) -> bool:
         """Stop the server this state dir started; True if one ran. Also ends Python-backend
