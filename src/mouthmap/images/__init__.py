@@ -209,16 +209,16 @@ def make_debian_base(mirror: str | None = None, echo: Echo = print) -> str:
 # --- building ----------------------------------------------------------------------------------
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True,
+                          timeout=60).stdout.strip()  # fmt: skip
+
+
 def git_commit(short: int = 7) -> str:
     """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``unknown``."""
-    root = repo_root()
     try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=60).stdout.strip()  # fmt: skip
-
-        sha = git("rev-parse", f"--short={short}", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        sha = _git("rev-parse", f"--short={short}", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except OSError:
         return "unknown"
     return (sha or "unknown") + ("-dirty" if dirty else "")
