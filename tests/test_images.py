@@ -100,6 +100,16 @@ def test_without_a_daemon_the_error_says_how_to_start_one(monkeypatch):
     assert "scripts/docker.sh up" in str(err.value)
 
 
+def test_a_base_that_cannot_be_made_names_the_step_and_the_retry(monkeypatch):
+    from mouthmap import images
+
+    if os.geteuid() != 0 or not Path("/usr/sbin/debootstrap").exists():
+        pytest.skip("making a base needs root and debootstrap (scripts/docker.sh up)")
+    with pytest.raises(images.ImageError) as err:  # a mirror nothing answers on
+        images.make_debian_base("http://127.0.0.1:9/debian", echo=print)
+    assert err.value.step == "debootstrap" and err.value.retry == "mouthmap images base"
+
+
 # --- the pipeline in containers --------------------------------------------------------------
 
 

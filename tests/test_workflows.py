@@ -37,7 +37,13 @@ def test_ci_runs_lint_tests_sanity_training_helm_and_every_image():
     ci = _load("ci.yml")
     assert {"lint", "test", "sanity-train", "helm", "docker", "pipeline-ir"} <= set(ci["jobs"])
     targets = {row["target"] for row in ci["jobs"]["docker"]["strategy"]["matrix"]["include"]}
-    assert targets == {"pipeline", "proxy", "triton"}
+    import re
+
+    dockerfile = (WORKFLOWS.parents[1] / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+    images = {s for s in stages if s != "base" and not s.startswith("deps")}
+    assert images == {"pipeline", "proxy", "triton-cpu", "triton"}
+    assert targets == images  # every image target is built
     runs = " ".join(s.get("run", "") for job in ci["jobs"].values() for s in job["steps"])
     for needle in ("ruff check", "ruff format --check", "make test", "hadolint", "actionlint",
                    "helm lint", "docker build", "scripts/sanity_train.py"):  # fmt: skip
