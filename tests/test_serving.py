@@ -451,6 +451,26 @@ def test_browser_frames_are_decoded_or_refused_with_what_is_wrong():
         decode_frame(b"\x01" * 1000, "rgb", 320, 240)
 
 
+def test_a_jpeg_declaring_a_huge_image_is_refused_before_it_is_decoded(monkeypatch):
+    """689 bytes declaring 8000x8000 pixels: the proxy read the header only, so four such
+    clients can no longer push it from 0.4 to 2 GB (issue 42)."""
+    import cv2
+
+    from mouthmap.serving import proxy
+
+    rgb = media.probe_and_decode_video(clip("bbaf2n")).frames[10]
+    jpeg = bytearray(cv2.imencode(".jpg", cv2.resize(rgb, (16, 16)))[1].tobytes())
+    assert proxy.jpeg_size(bytes(jpeg)) == (16, 16)
+    sof = next(i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] == 0xC0)
+    jpeg[sof + 5 : sof + 9] = (8000).to_bytes(2, "big") * 2  # height, width
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1))
+    with pytest.raises(proxy.ClientError, match="a 8000x8000 image; the stream was started"):
+        proxy.decode_frame(bytes(jpeg), "jpeg", 360, 288)
+    assert decoded == []  # refused on the header alone
+    assert proxy.jpeg_size(b"\xff\xd8\xff\xda\x00\x02") is None  # image data before any header
+
+
 def test_the_camera_source_reads_rgb_frames_through_opencv():
     from mouthmap.serving.frames import camera_frames, paced, video_frames
 

@@ -69,6 +69,39 @@ class ClientError(Exception):
         self.code, self.fatal = code, fatal
 
 
+# start-of-frame markers (baseline, progressive, ...) carry the image size; C4, C8 and CC are
+# other segments that share the range
+_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """A JPEG's (width, height) read from its frame header, without decoding a pixel; None
+    when ``data`` holds no frame header before its image data."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # stand-alone markers
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or image data before any frame header
+            return None
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def decode_frame(data: bytes, fmt: str, width: int, height: int) -> np.ndarray:
     """One frame message -> (H, W, 3) uint8 RGB, or :class:`ClientError` saying what is wrong."""
     import cv2
@@ -83,6 +116,16 @@ def decode_frame(data: bytes, fmt: str, width: int, height: int) -> np.ndarray:
             )
         arr = np.frombuffer(data, np.uint8).reshape(height, width, channels)
         return np.ascontiguousarray(arr[..., :3])
+    # the size a JPEG declares is checked before decoding: a few hundred bytes can declare
+    # 8000x8000 pixels, which a decoder would allocate (192 MB) before any check after it
+    size = jpeg_size(data)
+    if size is None:
+        raise ClientError("bad_frame", f"{len(data)} bytes that are not a JPEG image")
+    if size != (width, height):
+        raise ClientError(
+            "bad_frame",
+            f"a {size[0]}x{size[1]} image; the stream was started as {width}x{height}",
+        )
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ClientError("bad_frame", f"{len(data)} bytes that are not a JPEG image")
